@@ -1,0 +1,317 @@
+//! Types shared by the kernel programs (`pyleak-ebpf`) and the user side (`pyleak-daemon`).
+//!
+//! Everything here is `#[repr(C)]` and plain data: the two sides exchange it through BPF maps,
+//! so a layout change must touch both sides in the same commit. Map and program names are
+//! defined once, here, so the loader and the kernel object cannot drift apart.
+#![no_std]
+
+/// Hard upper bound on Python frames captured per allocation (the kernel loop bound).
+/// The effective depth is the loader-set global [`GLOBAL_MAX_DEPTH`], at most this.
+pub const MAX_FRAMES: usize = 128;
+/// Default capture depth when the user does not choose one.
+pub const DEFAULT_MAX_DEPTH: u32 = 64;
+
+/// Default capacity of [`MAP_LIVE_ALLOCS`] (outstanding allocations across all targets).
+pub const DEFAULT_MAX_LIVE_ALLOCS: u32 = 1 << 20;
+/// Default capacity of [`MAP_STACKS`] (distinct interned stacks).
+pub const DEFAULT_MAX_STACKS: u32 = 16 * 1024;
+/// Capacity of [`MAP_INFLIGHT`]: threads inside an allocator call at the same moment.
+pub const MAX_INFLIGHT: u32 = 16 * 1024;
+/// Capacity of [`MAP_TARGETS`]: processes traced at once.
+pub const MAX_TARGETS: u32 = 1024;
+/// Size in bytes of the [`MAP_NEW_STACKS`] ring buffer (must be a power of two page multiple).
+pub const NEW_STACKS_RING_BYTES: u32 = 256 * 1024;
+
+// --- names of maps, programs and globals (one definition for both sides) ---
+
+/// `AllocKey -> AllocInfo`: every allocation made by a target and not yet freed.
+pub const MAP_LIVE_ALLOCS: &str = "LIVE_ALLOCS";
+/// `u64 stack id -> StackTrace`: interned Python stacks.
+pub const MAP_STACKS: &str = "STACKS";
+/// Per-CPU `StackKey -> StackCounters`: bytes and counts allocated/freed per (pid, stack).
+pub const MAP_STACK_STATS: &str = "STACK_STATS";
+/// `u64 pid_tgid -> Inflight`: allocator calls between entry and return, per thread.
+pub const MAP_INFLIGHT: &str = "INFLIGHT";
+/// `u32 tgid -> PyTarget`: where to find each traced process's Python state.
+pub const MAP_TARGETS: &str = "TARGETS";
+/// Per-CPU array of `u64` counters indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Ring buffer of [`NewStack`] records: tells the user side to symbolize a stack right away,
+/// while the code objects it names are still alive.
+pub const MAP_NEW_STACKS: &str = "NEW_STACKS";
+/// Per-CPU scratch space for building a [`StackTrace`] (too large for the BPF stack).
+pub const MAP_SCRATCH: &str = "SCRATCH";
+
+/// Loader-set global: Python frames to capture per allocation (1..=MAX_FRAMES).
+pub const GLOBAL_MAX_DEPTH: &str = "MAX_DEPTH";
+/// Loader-set global: byte offset of `task_struct.thread.fsbase` in the running kernel
+/// (from BTF), used to find the calling thread's TLS block and `pthread_self()`.
+pub const GLOBAL_FSBASE_OFFSET: &str = "FSBASE_OFFSET";
+
+/// Entry program for `malloc`-like functions: `void *f(size_t size)`.
+pub const PROG_MALLOC_ENTER: &str = "malloc_enter";
+/// Entry program for `calloc`-like functions: `void *f(size_t nelem, size_t elsize)`.
+pub const PROG_CALLOC_ENTER: &str = "calloc_enter";
+/// Entry program for `realloc`-like functions: `void *f(void *ptr, size_t size)`.
+pub const PROG_REALLOC_ENTER: &str = "realloc_enter";
+/// Return program shared by all allocating functions: pairs the result with the entry.
+pub const PROG_ALLOC_EXIT: &str = "alloc_exit";
+/// Entry program for `free`-like functions: `void f(void *ptr)`.
+pub const PROG_FREE_ENTER: &str = "free_enter";
+
+/// Key of [`MAP_LIVE_ALLOCS`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct AllocKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Address returned by the allocator, in the target's address space.
+    pub addr: u64,
+}
+
+/// Value of [`MAP_LIVE_ALLOCS`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct AllocInfo {
+    /// Requested size in bytes (for calloc: nelem * elsize).
+    pub size: u64,
+    /// Interned stack id (key of [`MAP_STACKS`]).
+    pub stack_id: u64,
+    /// `bpf_ktime_get_ns()` at allocation (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+}
+
+/// Key of [`MAP_STACK_STATS`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub stack_id: u64,
+}
+
+/// Value of [`MAP_STACK_STATS`] (one per CPU; the user side sums them). A free is counted on
+/// the CPU where it happens, so one CPU's `freed_bytes` may exceed its `allocated_bytes`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct StackCounters {
+    pub allocated_bytes: u64,
+    pub allocations: u64,
+    pub freed_bytes: u64,
+    pub frees: u64,
+}
+
+/// `StackTrace::flags`: the walk stopped at the depth limit; outer frames are missing.
+pub const STACK_TRUNCATED: u32 = 1;
+/// `StackTrace::flags`: a frame could not be read; the frames before it are valid.
+pub const STACK_READ_ERROR: u32 = 2;
+/// `StackTrace::flags`: the allocating thread had no Python thread state (a native thread, or
+/// one that released the GIL); the stack is empty.
+pub const STACK_NO_PYTHON: u32 = 4;
+
+/// Value of [`MAP_STACKS`]: the Python frames at an allocation, innermost first.
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct StackTrace {
+    pub tgid: u32,
+    /// Number of valid entries in `code` / `instr`.
+    pub len: u32,
+    /// `STACK_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Address of each frame's code object (`PyCodeObject *`) in the target.
+    pub code: [u64; MAX_FRAMES],
+    /// Each frame's position in its bytecode, as [`PyTarget::instr_kind`] says: the raw
+    /// `f_lasti` (3.8–3.10), or the byte distance from the code object's address to the
+    /// frame's instruction pointer (3.11+; the user side subtracts `co_code_adaptive`).
+    pub instr: [u32; MAX_FRAMES],
+}
+
+/// Record in [`MAP_NEW_STACKS`].
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct NewStack {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub stack_id: u64,
+}
+
+/// What an in-flight allocator call is.
+pub const CALL_MALLOC: u32 = 1;
+pub const CALL_REALLOC: u32 = 2;
+
+/// Value of [`MAP_INFLIGHT`].
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct Inflight {
+    /// Requested size (calloc: product; saturated to u64::MAX on overflow).
+    pub size: u64,
+    /// realloc's input pointer (0 for other calls).
+    pub old_ptr: u64,
+    /// Nesting depth: allocators call each other (PyObject_Malloc -> PyMem_RawMalloc ->
+    /// malloc); only the outermost call is recorded, so a block is counted once.
+    pub depth: u32,
+    /// `CALL_*` of the outermost call.
+    pub kind: u32,
+}
+
+/// `PyTarget::tstate_kind`: `tstate = *(PyThreadState **)tstate_addr`
+/// (3.8–3.11 `_PyRuntime.gilstate.tstate_current`).
+pub const TSTATE_GLOBAL: u32 = 1;
+/// `tstate = *(dtv[modid].pointer + tls_offset)` with `dtv = *(fsbase + 8)` and
+/// `modid = *(u64 *)tls_module_id_addr` (3.12+ `_Py_tss_tstate` in a shared libpython).
+pub const TSTATE_TLS_DYNAMIC: u32 = 2;
+/// `tstate = *(fsbase + tls_offset)` (3.12+ `_Py_tss_tstate` in the executable; negative
+/// offset, x86_64 variant II TLS).
+pub const TSTATE_TLS_STATIC: u32 = 3;
+
+/// `PyTarget::instr_kind`: the frame holds an `int` (f_lasti).
+pub const INSTR_I32: u32 = 1;
+/// `PyTarget::instr_kind`: the frame holds a pointer into the code object's bytecode.
+pub const INSTR_PTR: u32 = 2;
+
+/// Offset value meaning "this field does not exist in this version".
+pub const ABSENT: i32 = -1;
+
+/// Where the kernel programs find one traced process's Python state: addresses already
+/// relocated into the target's address space, and the struct offsets of its CPython version.
+/// Built by the user side (`python::layout`), one per process, in [`MAP_TARGETS`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PyTarget {
+    /// `TSTATE_*`.
+    pub tstate_kind: u32,
+    /// `INSTR_*`.
+    pub instr_kind: u32,
+    /// TSTATE_GLOBAL: address of the `PyThreadState *` to read.
+    pub tstate_addr: u64,
+    /// TSTATE_TLS_DYNAMIC: address of the GOT slot the dynamic linker fills with the module id.
+    pub tls_module_id_addr: u64,
+    /// TSTATE_TLS_*: offset of the variable in the module's TLS block (dynamic), or from the
+    /// thread pointer (static).
+    pub tls_offset: i64,
+    /// Mask applied to a frame's code pointer (3.14 tags `f_executable`; else all ones).
+    pub code_mask: u64,
+    /// `PyThreadState.thread_id` (pthread_t, equals fsbase with glibc), checked against the
+    /// calling thread so that a GIL holder's stack is never charged to another thread.
+    pub tstate_thread_id: i32,
+    /// Offset in `PyThreadState` of the frame pointer (`frame`, 3.8–3.10; `cframe`, 3.11–3.12;
+    /// `current_frame`, 3.13+).
+    pub tstate_frame: i32,
+    /// Offset in `_PyCFrame` of `current_frame` (3.11–3.12), or [`ABSENT`].
+    pub cframe_current_frame: i32,
+    /// Offset of the caller link in a frame (`f_back` / `previous`).
+    pub frame_back: i32,
+    /// Offset of the code object pointer in a frame (`f_code` / `f_executable`).
+    pub frame_code: i32,
+    /// Offset of the position in a frame (`f_lasti` / `prev_instr` / `instr_ptr`).
+    pub frame_instr: i32,
+    /// Offset of the `owner` byte (3.12+), or [`ABSENT`].
+    pub frame_owner: i32,
+    /// Frames whose owner is at least this are C-stack shims, not Python code; skipped.
+    pub owner_skip_min: u32,
+}
+
+/// Indices into [`MAP_COUNTERS`]. Every failure the kernel side can meet is counted; the
+/// user side exports them, so a loss is never silent.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Counter {
+    /// Allocating calls seen (outermost only).
+    Allocs = 0,
+    /// Freeing calls seen (any pointer).
+    Frees,
+    /// Frees of a block pyleak was tracking.
+    FreesTracked,
+    /// Allocations not recorded because [`MAP_LIVE_ALLOCS`] was full.
+    LostLiveFull,
+    /// Allocations not recorded because [`MAP_STACKS`] was full.
+    LostStacksFull,
+    /// Allocations not recorded because [`MAP_STACK_STATS`] was full.
+    LostStatsFull,
+    /// Calls not followed because [`MAP_INFLIGHT`] was full.
+    LostInflightFull,
+    /// Return probes that found no matching entry (a call in flight when probes attached).
+    UnmatchedReturns,
+    /// Reads of the thread state that failed.
+    TstateReadErrors,
+    /// Frame reads that failed (stack recorded up to that frame, flagged).
+    FrameReadErrors,
+    /// Stacks cut at the depth limit.
+    StacksTruncated,
+    /// Allocations from threads without a Python thread state.
+    NoPythonStack,
+    /// New-stack notifications dropped because the ring buffer was full.
+    LostNewStackEvents,
+    /// Allocator calls from a process with no [`MAP_TARGETS`] entry (probe fired early).
+    NoTarget,
+    /// Failed calls (NULL result, or realloc failure that leaves the old block alive).
+    FailedAllocs,
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::FailedAllocs as u32 + 1;
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::Allocs,
+        Counter::Frees,
+        Counter::FreesTracked,
+        Counter::LostLiveFull,
+        Counter::LostStacksFull,
+        Counter::LostStatsFull,
+        Counter::LostInflightFull,
+        Counter::UnmatchedReturns,
+        Counter::TstateReadErrors,
+        Counter::FrameReadErrors,
+        Counter::StacksTruncated,
+        Counter::NoPythonStack,
+        Counter::LostNewStackEvents,
+        Counter::NoTarget,
+        Counter::FailedAllocs,
+    ];
+
+    /// Stable snake_case name, used in reports and metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Allocs => "allocs",
+            Counter::Frees => "frees",
+            Counter::FreesTracked => "frees_tracked",
+            Counter::LostLiveFull => "lost_live_map_full",
+            Counter::LostStacksFull => "lost_stack_map_full",
+            Counter::LostStatsFull => "lost_stats_map_full",
+            Counter::LostInflightFull => "lost_inflight_map_full",
+            Counter::UnmatchedReturns => "unmatched_returns",
+            Counter::TstateReadErrors => "tstate_read_errors",
+            Counter::FrameReadErrors => "frame_read_errors",
+            Counter::StacksTruncated => "stacks_truncated",
+            Counter::NoPythonStack => "no_python_stack",
+            Counter::LostNewStackEvents => "lost_new_stack_events",
+            Counter::NoTarget => "no_target",
+            Counter::FailedAllocs => "failed_allocs",
+        }
+    }
+
+    /// Whether this counter means an allocation went unrecorded (a "lost event").
+    pub const fn is_loss(self) -> bool {
+        matches!(
+            self,
+            Counter::LostLiveFull
+                | Counter::LostStacksFull
+                | Counter::LostStatsFull
+                | Counter::LostInflightFull
+        )
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] plain data with explicit padding and no pointers.
+    unsafe impl aya::Pod for AllocKey {}
+    unsafe impl aya::Pod for AllocInfo {}
+    unsafe impl aya::Pod for StackKey {}
+    unsafe impl aya::Pod for StackCounters {}
+    unsafe impl aya::Pod for StackTrace {}
+    unsafe impl aya::Pod for NewStack {}
+    unsafe impl aya::Pod for Inflight {}
+    unsafe impl aya::Pod for PyTarget {}
+}

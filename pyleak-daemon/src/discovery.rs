@@ -1,0 +1,244 @@
+//! Finding the CPython interpreter inside a process: which file holds it (a shared
+//! libpython, or the executable itself), where it is loaded, and which version it is.
+//!
+//! Files are opened through `/proc/PID/root/...`, so a process in another mount namespace
+//! (a container) is read from its own filesystem view.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::elf::ElfImage;
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub offset: u64,
+    /// The mapped file as the target sees it ("" for anonymous mappings).
+    pub path: String,
+}
+
+/// Why a process cannot be traced as Python. Callers branch on these to print remedies.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no process with pid {pid}")]
+    NoSuchProcess { pid: u32 },
+    #[error("cannot read /proc/{pid} (permission denied): run pyleak as root, or with CAP_SYS_PTRACE")]
+    PermissionDenied { pid: u32 },
+    #[error(
+        "pid {pid} ({exe}) is not a Python process: no libpython is mapped and the executable has no CPython runtime (_PyRuntime)"
+    )]
+    NotPython { pid: u32, exe: String },
+    #[error("pid {pid} runs Python {version}, which pyleak does not support (supported: {supported})")]
+    UnsupportedVersion { pid: u32, version: String, supported: String },
+    #[error("cannot tell which Python version {path} is: no Py_Version symbol and no version in its file name")]
+    UnknownVersion { path: String },
+}
+
+/// A CPython version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PyVersion {
+    pub major: u8,
+    pub minor: u8,
+    /// `None` when only the file name told the version.
+    pub micro: Option<u8>,
+}
+
+impl std::fmt::Display for PyVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.micro {
+            Some(m) => write!(f, "{}.{}.{}", self.major, self.minor, m),
+            None => write!(f, "{}.{}", self.major, self.minor),
+        }
+    }
+}
+
+/// How the interpreter is linked into the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linkage {
+    /// libpython3.X.so is a separate shared object.
+    Shared,
+    /// The runtime is linked into the executable.
+    Static,
+}
+
+/// The interpreter found in a process.
+pub struct Interpreter {
+    pub pid: u32,
+    /// The file holding the runtime, as the target names it.
+    pub path: String,
+    /// A path that reaches the same file from pyleak's mount namespace.
+    pub host_path: PathBuf,
+    pub image: ElfImage,
+    /// Runtime address minus link-time address.
+    pub bias: u64,
+    pub linkage: Linkage,
+    pub version: PyVersion,
+}
+
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The process's command line, space-joined (for reports).
+pub fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+pub fn read_maps(pid: u32) -> Result<Vec<Mapping>, TargetError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => TargetError::PermissionDenied { pid },
+        _ => TargetError::NoSuchProcess { pid },
+    })?;
+    Ok(text.lines().filter_map(parse_maps_line).collect())
+}
+
+fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let perms = fields.next()?.to_string();
+    let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+    let _dev = fields.next()?;
+    let _inode = fields.next()?;
+    let path = fields.next().unwrap_or("").trim_start().to_string();
+    let (start, end) = range.split_once('-')?;
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        perms,
+        offset,
+        path,
+    })
+}
+
+/// Whether a file name is a CPython shared library (`libpython3.12.so.1.0`, `libpython3.13t.so`).
+pub fn is_libpython_name(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.starts_with("libpython3.") && base.contains(".so")
+}
+
+/// The host-side path of a file the target has mapped.
+pub fn host_path(pid: u32, target_path: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root{target_path}"))
+}
+
+/// Finds the interpreter in `pid`. Errors name the pid and what was missing.
+pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
+    if !process_exists(pid) {
+        return Err(TargetError::NoSuchProcess { pid }.into());
+    }
+    let maps = read_maps(pid)?;
+    let lib = maps.iter().find(|m| is_libpython_name(&m.path) && !m.path.ends_with(" (deleted)"));
+    let (path, linkage) = match lib {
+        Some(m) => (m.path.clone(), Linkage::Shared),
+        None => {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map_err(|_| TargetError::PermissionDenied { pid })?;
+            (exe.to_string_lossy().into_owned(), Linkage::Static)
+        }
+    };
+    let host = host_path(pid, &path);
+    let image = ElfImage::open(&host).with_context(|| format!("opening the interpreter of pid {pid}"))?;
+    if image.symbol("_PyRuntime").is_none() {
+        return Err(TargetError::NotPython { pid, exe: path }.into());
+    }
+    let bias = load_bias(&maps, &path, &image)
+        .with_context(|| format!("{path} is not mapped at file offset 0 in pid {pid}"))?;
+    let version = detect_version(&image, &path)?;
+    Ok(Interpreter { pid, path, host_path: host, image, bias, linkage, version })
+}
+
+/// Load bias: where the file's first page is mapped, minus its link-time address.
+fn load_bias(maps: &[Mapping], path: &str, image: &ElfImage) -> Option<u64> {
+    let first = maps.iter().find(|m| m.path == path && m.offset == 0)?;
+    let vaddr = image.offset_to_vaddr(0)? & !0xfff;
+    Some(first.start.wrapping_sub(vaddr))
+}
+
+/// The version, from the most reliable source available: the `Py_Version` constant
+/// (3.11+), then the file name.
+pub fn detect_version(image: &ElfImage, path: &str) -> Result<PyVersion, TargetError> {
+    if let Some(sym) = image.symbol("Py_Version")
+        && let Some(bytes) = image.read_at(sym.vaddr, 4)
+    {
+        let hex = u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
+        return Ok(PyVersion {
+            major: (hex >> 24) as u8,
+            minor: (hex >> 16) as u8,
+            micro: Some((hex >> 8) as u8),
+        });
+    }
+    version_from_name(path).ok_or_else(|| TargetError::UnknownVersion { path: path.to_string() })
+}
+
+/// `.../libpython3.9.so.1.0` or `.../python3.9` -> 3.9.
+pub fn version_from_name(path: &str) -> Option<PyVersion> {
+    let base = path.rsplit('/').next()?;
+    let rest = base.strip_prefix("libpython").or_else(|| base.strip_prefix("python"))?;
+    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    let major: u8 = parts.next()?.parse().ok()?;
+    let minor: u8 = parts.next()?.parse().ok()?;
+    Some(PyVersion { major, minor, micro: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let m = parse_maps_line(
+            "7f1c2a400000-7f1c2a4f5000 r--p 00000000 fe:01 1234   /root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0",
+        )
+        .unwrap();
+        assert_eq!(m.start, 0x7f1c2a400000);
+        assert_eq!(m.offset, 0);
+        assert!(is_libpython_name(&m.path));
+        let anon = parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0").unwrap();
+        assert_eq!(anon.path, "");
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_libpython_name("/usr/lib/libpython3.13t.so.1.0"));
+        assert!(!is_libpython_name("/usr/lib/libpython2.7.so"));
+        assert_eq!(
+            version_from_name("/usr/bin/python3.11"),
+            Some(PyVersion { major: 3, minor: 11, micro: None })
+        );
+        assert_eq!(
+            version_from_name("/x/libpython3.9.so.1.0"),
+            Some(PyVersion { major: 3, minor: 9, micro: None })
+        );
+        assert_eq!(version_from_name("/bin/sleep"), None);
+    }
+
+    #[test]
+    fn own_process_is_not_python() {
+        let err = find_interpreter(std::process::id()).err().unwrap();
+        assert!(err.to_string().contains("is not a Python process"), "{err:#}");
+    }
+
+    #[test]
+    fn missing_pid() {
+        let err = find_interpreter(u32::MAX - 1).err().unwrap();
+        assert_eq!(err.to_string(), format!("no process with pid {}", u32::MAX - 1));
+    }
+}

@@ -1,0 +1,205 @@
+//! What pyleak needs from an ELF file on disk: symbol addresses (dynamic and full symbol
+//! tables), file offsets for uprobes, constant data, and the TLS facts of a shared library.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use object::{
+    Object, ObjectSection, ObjectSymbol, RelocationTarget,
+    elf::{PT_LOAD, PT_TLS, R_X86_64_DTPMOD64},
+    read::elf::{ElfFile64, ProgramHeader},
+};
+
+/// One loadable segment: `[vaddr, vaddr+memsz)` backed by `[offset, offset+filesz)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    pub vaddr: u64,
+    pub memsz: u64,
+    pub offset: u64,
+    pub filesz: u64,
+    pub executable: bool,
+}
+
+/// A symbol's virtual address and size, as linked (add the load bias for runtime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Symbol {
+    pub vaddr: u64,
+    pub size: u64,
+}
+
+/// An ELF file read fully into memory, with its symbols indexed by name.
+pub struct ElfImage {
+    pub path: PathBuf,
+    data: Vec<u8>,
+    segments: Vec<Segment>,
+    symbols: std::collections::HashMap<String, Symbol>,
+    tls_symbols: std::collections::HashMap<String, Symbol>,
+    /// Whether the full symbol table (`.symtab`) was present (not stripped).
+    pub has_symtab: bool,
+    /// GOT slots filled with a TLS module id (`R_X86_64_DTPMOD64`) for this module.
+    pub dtpmod_slots: Vec<u64>,
+    /// The PT_TLS segment's memory size and alignment, if any.
+    pub tls_segment: Option<(u64, u64)>,
+    pub is_pie_or_shared: bool,
+    /// DT_NEEDED entries.
+    pub needed: Vec<String>,
+}
+
+impl ElfImage {
+    pub fn open(path: &Path) -> Result<ElfImage> {
+        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(path.to_path_buf(), data)
+    }
+
+    pub fn parse(path: PathBuf, data: Vec<u8>) -> Result<ElfImage> {
+        let file = ElfFile64::<object::Endianness>::parse(&*data)
+            .map_err(|e| anyhow!("{} is not a 64-bit ELF file: {e}", path.display()))?;
+        let endian = file.endian();
+        let mut segments = Vec::new();
+        let mut tls_segment = None;
+        for ph in file.elf_program_headers() {
+            let kind = ph.p_type(endian);
+            if kind == PT_LOAD {
+                segments.push(Segment {
+                    vaddr: ph.p_vaddr(endian),
+                    memsz: ph.p_memsz(endian),
+                    offset: ph.p_offset(endian),
+                    filesz: ph.p_filesz(endian),
+                    executable: ph.p_flags(endian) & object::elf::PF_X != 0,
+                });
+            } else if kind == PT_TLS {
+                tls_segment = Some((ph.p_memsz(endian), ph.p_align(endian).max(1)));
+            }
+        }
+        let mut symbols = std::collections::HashMap::new();
+        let mut tls_symbols = std::collections::HashMap::new();
+        let mut add = |sym: object::read::elf::ElfSymbol64<'_, '_, object::Endianness>| {
+            let Ok(name) = sym.name() else { return };
+            if name.is_empty() {
+                return;
+            }
+            let entry = Symbol { vaddr: sym.address(), size: sym.size() };
+            if sym.kind() == object::SymbolKind::Tls {
+                tls_symbols.entry(name.to_string()).or_insert(entry);
+            } else if sym.is_definition() {
+                symbols.entry(name.to_string()).or_insert(entry);
+            }
+        };
+        for sym in file.dynamic_symbols() {
+            add(sym);
+        }
+        let has_symtab = file.section_by_name(".symtab").is_some();
+        for sym in file.symbols() {
+            add(sym);
+        }
+        let mut dtpmod_slots = Vec::new();
+        if let Some(relocs) = file.dynamic_relocations() {
+            for (offset, reloc) in relocs {
+                if let object::RelocationFlags::Elf { r_type } = reloc.flags()
+                    && r_type == R_X86_64_DTPMOD64
+                    && matches!(reloc.target(), RelocationTarget::Absolute | RelocationTarget::Symbol(_))
+                {
+                    dtpmod_slots.push(offset);
+                }
+            }
+        }
+        let needed = dynamic_needed(&file).unwrap_or_default();
+        let is_pie_or_shared = file.elf_header().e_type.get(endian) == object::elf::ET_DYN;
+        Ok(ElfImage {
+            path,
+            segments,
+            symbols,
+            tls_symbols,
+            has_symtab,
+            dtpmod_slots,
+            tls_segment,
+            is_pie_or_shared,
+            needed,
+            data,
+        })
+    }
+
+    pub fn symbol(&self, name: &str) -> Option<Symbol> {
+        self.symbols.get(name).copied()
+    }
+
+    pub fn tls_symbol(&self, name: &str) -> Option<Symbol> {
+        self.tls_symbols.get(name).copied()
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// File offset of a virtual address (what uprobes take).
+    pub fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr + s.filesz)
+            .map(|s| vaddr - s.vaddr + s.offset)
+    }
+
+    /// Bytes stored in the file at a virtual address (constant data such as `Py_Version`).
+    pub fn read_at(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        let off = self.vaddr_to_offset(vaddr)? as usize;
+        self.data.get(off..off.checked_add(len)?)
+    }
+
+    /// Bytes of a named section.
+    pub fn section_data(&self, name: &str) -> Option<(u64, &[u8])> {
+        let file = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
+        let section = file.section_by_name(name)?;
+        Some((section.address(), section.data().ok()?))
+    }
+
+    /// The link-time address the file expects at file offset `offset` (to compute the load
+    /// bias from a mapping's start and file offset).
+    pub fn offset_to_vaddr(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| offset >= s.offset && offset < s.offset + s.filesz.max(1))
+            .map(|s| offset - s.offset + s.vaddr)
+    }
+}
+
+fn dynamic_needed(file: &ElfFile64<'_, object::Endianness>) -> Option<Vec<String>> {
+    let endian = file.endian();
+    let section = file.section_by_name(".dynamic")?;
+    let data = section.data().ok()?;
+    let strtab = file.section_by_name(".dynstr")?.data().ok()?;
+    let mut out = Vec::new();
+    for entry in data.chunks_exact(16) {
+        let tag = endian.read_u64_bytes(entry[0..8].try_into().ok()?);
+        let val = endian.read_u64_bytes(entry[8..16].try_into().ok()?);
+        if tag == object::elf::DT_NULL as u64 {
+            break;
+        }
+        if tag == object::elf::DT_NEEDED as u64 {
+            let start = val as usize;
+            let end = strtab.get(start..)?.iter().position(|&b| b == 0)? + start;
+            out.push(String::from_utf8_lossy(&strtab[start..end]).into_owned());
+        }
+    }
+    Some(out)
+}
+
+use object::Endian as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_executable() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let img = ElfImage::open(&exe).unwrap();
+        assert!(!img.segments().is_empty());
+        assert!(img.segments().iter().any(|s| s.executable));
+        assert!(img.needed.iter().any(|n| n.starts_with("libc.so")), "{:?}", img.needed);
+    }
+
+    #[test]
+    fn not_elf_is_a_clear_error() {
+        let err = ElfImage::parse("/x".into(), b"#!/bin/sh\n".to_vec()).err().unwrap();
+        assert!(err.to_string().contains("not a 64-bit ELF"), "{err}");
+    }
+}

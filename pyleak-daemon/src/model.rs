@@ -1,0 +1,80 @@
+//! The user side's data model: what a trace produces once stacks are symbolized.
+//!
+//! `aggregate` builds these from the kernel maps; `report` groups, filters and renders them;
+//! the JSON form is the contract of DESIGN.md §4 (field names must not change).
+use serde::{Deserialize, Serialize};
+
+/// One Python frame, symbolized.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    /// `co_name` (the bare function name; `<module>` for module level).
+    pub function: String,
+    /// `co_qualname` (3.11+), else the same as `function`.
+    pub qualname: String,
+    /// `co_filename` as the target sees it.
+    pub file: String,
+    /// Line being executed in that frame; 0 when the line table has no entry for it.
+    pub line: u32,
+}
+
+impl Frame {
+    /// A frame that could not be symbolized (the code object was gone or unreadable).
+    pub fn unknown(code_addr: u64) -> Frame {
+        Frame {
+            function: format!("<unknown code {code_addr:#x}>"),
+            qualname: format!("<unknown code {code_addr:#x}>"),
+            file: "<unknown>".to_string(),
+            line: 0,
+        }
+    }
+}
+
+/// Outstanding allocations of one process that share one Python stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackStats {
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// Bytes allocated by this stack since tracing began, freed or not.
+    pub allocated_bytes: u64,
+    /// Innermost first: `frames[0]` is the line that allocated.
+    pub frames: Vec<Frame>,
+    /// The capture stopped at the depth limit; outer frames are missing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// What pyleak knows about the traced interpreter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonInfo {
+    /// "3.12.1".
+    pub version: String,
+    /// The file holding the interpreter (libpython or the executable).
+    pub executable: String,
+    /// "full" when every allocation path is probed, "partial" otherwise (see `notes`).
+    pub coverage: String,
+    /// Plain-language facts about what is and is not seen.
+    pub notes: Vec<String>,
+}
+
+/// Whole-trace totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub allocated_bytes: u64,
+    pub freed_bytes: u64,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// Allocations that could not be recorded (a full map); the totals exclude them.
+    pub lost_events: u64,
+}
+
+/// A complete report for one process (the JSON contract of DESIGN.md §4).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub pid: u32,
+    pub command: String,
+    pub python: PythonInfo,
+    pub duration_s: f64,
+    pub totals: Totals,
+    /// Sorted by `outstanding_bytes`, descending.
+    pub stacks: Vec<StackStats>,
+}

@@ -1,0 +1,291 @@
+//! Loading pyleak's kernel programs, attaching them to a process's allocator functions, and
+//! reading the maps they fill. This is the only module that touches aya types.
+use std::{collections::HashMap as StdHashMap, num::NonZeroU32, os::fd::AsRawFd, path::Path};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{UProbe, uprobe::{UProbeLinkId, UProbeScope}},
+};
+use pyleak_common::{
+    AllocInfo, AllocKey, Counter, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH, Inflight, MAP_COUNTERS,
+    MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS, MAP_STACK_STATS, MAP_STACKS, MAP_TARGETS,
+    MAX_FRAMES, NewStack, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_FREE_ENTER, PROG_MALLOC_ENTER,
+    PROG_REALLOC_ENTER, PyTarget, StackCounters, StackKey, StackTrace,
+};
+
+use crate::btf;
+
+/// The kernel object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pyleak"));
+
+/// Linux capability numbers (linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// What an allocator function does, which decides the programs attached to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocFn {
+    Malloc,
+    Calloc,
+    Realloc,
+    Free,
+}
+
+impl AllocFn {
+    fn entry_program(self) -> &'static str {
+        match self {
+            AllocFn::Malloc => PROG_MALLOC_ENTER,
+            AllocFn::Calloc => PROG_CALLOC_ENTER,
+            AllocFn::Realloc => PROG_REALLOC_ENTER,
+            AllocFn::Free => PROG_FREE_ENTER,
+        }
+    }
+}
+
+/// One probe site: a function in a file, at a file offset.
+#[derive(Clone, Debug)]
+pub struct ProbeSite {
+    pub function: String,
+    pub kind: AllocFn,
+    pub file_offset: u64,
+}
+
+/// Sizes and depth chosen by the user (config/CLI).
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub max_depth: u32,
+    pub max_live_allocs: u32,
+    pub max_stacks: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_depth: pyleak_common::DEFAULT_MAX_DEPTH,
+            max_live_allocs: pyleak_common::DEFAULT_MAX_LIVE_ALLOCS,
+            max_stacks: pyleak_common::DEFAULT_MAX_STACKS,
+        }
+    }
+}
+
+/// Why loading or attaching failed, when the caller can do something about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "pyleak needs CAP_SYS_ADMIN to load eBPF programs and attach uprobes: run it as root (sudo), or give the binary the capability (setcap cap_sys_admin,cap_sys_ptrace+ep pyleak)"
+    )]
+    MissingCapability,
+    #[error("this pyleak was built with AYA_BUILD_SKIP=1 and contains no kernel programs; rebuild it with `cargo xtask build`")]
+    NoKernelObject,
+}
+
+/// Whether this process has CAP_SYS_ADMIN in its effective set.
+pub fn has_sys_admin() -> bool {
+    effective_caps().is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+}
+
+/// The loaded programs and their maps.
+pub struct Probes {
+    ebpf: Ebpf,
+    targets: HashMap<MapData, u32, PyTarget>,
+    inflight: HashMap<MapData, u64, Inflight>,
+    /// Attached links per pid, to detach one process without touching others.
+    links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+}
+
+/// Read-only views of the maps the reporting side needs; shareable across threads.
+pub struct Tables {
+    pub stacks: HashMap<MapData, u64, StackTrace>,
+    pub stats: PerCpuHashMap<MapData, StackKey, StackCounters>,
+    pub live: HashMap<MapData, AllocKey, AllocInfo>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Loads and verifies the kernel programs. Fails with `ProbeError::MissingCapability`
+    /// before trying when the capability is plainly absent.
+    pub fn load(opts: LoadOptions) -> Result<(Probes, Tables, RingBuf<MapData>)> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoKernelObject.into());
+        }
+        if !has_sys_admin() {
+            return Err(ProbeError::MissingCapability.into());
+        }
+        let fsbase = btf::task_fsbase_offset()
+            .context("finding task_struct.thread.fsbase in the kernel's BTF (needed to read thread-local state)")?;
+        let depth = opts.max_depth.clamp(1, MAX_FRAMES as u32);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_MAX_DEPTH, &depth, true)
+            .override_global(GLOBAL_FSBASE_OFFSET, &fsbase, true)
+            .map_max_entries(MAP_LIVE_ALLOCS, opts.max_live_allocs)
+            .map_max_entries(MAP_STACKS, opts.max_stacks)
+            .map_max_entries(MAP_STACK_STATS, opts.max_stacks)
+            .load(EBPF_OBJECT)
+            .map_err(|e| permission_hint(anyhow!(e)))
+            .context("loading pyleak's eBPF programs")?;
+        for name in [PROG_MALLOC_ENTER, PROG_CALLOC_ENTER, PROG_REALLOC_ENTER, PROG_FREE_ENTER, PROG_ALLOC_EXIT] {
+            let prog: &mut UProbe = program(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|e| permission_hint(anyhow!(e)))
+                .with_context(|| format!("the kernel rejected program {name}"))?;
+        }
+        let targets = HashMap::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
+        let inflight = HashMap::try_from(take(&mut ebpf, MAP_INFLIGHT)?)?;
+        let tables = Tables {
+            stacks: HashMap::try_from(take(&mut ebpf, MAP_STACKS)?)?,
+            stats: PerCpuHashMap::try_from(take(&mut ebpf, MAP_STACK_STATS)?)?,
+            live: HashMap::try_from(take(&mut ebpf, MAP_LIVE_ALLOCS)?)?,
+            counters: PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?)?,
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, MAP_NEW_STACKS)?)?;
+        Ok((Probes { ebpf, targets, inflight, links: StdHashMap::new() }, tables, ring))
+    }
+
+    /// Registers a process with the kernel side (before attaching, so no call is missed).
+    pub fn add_target(&mut self, pid: u32, target: &PyTarget) -> Result<()> {
+        self.clear_inflight(pid);
+        self.targets.insert(&pid, target, 0).with_context(|| format!("registering pid {pid} with the kernel side"))
+    }
+
+    /// Attaches the programs for each site of `file` (a path reaching the target's file),
+    /// firing only in `pid`.
+    pub fn attach(&mut self, pid: u32, file: &Path, sites: &[ProbeSite]) -> Result<()> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?);
+        let mut links = Vec::new();
+        for site in sites {
+            let mut names = vec![site.kind.entry_program()];
+            if site.kind != AllocFn::Free {
+                names.push(PROG_ALLOC_EXIT);
+            }
+            for name in names {
+                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+                let id = prog
+                    .attach([site.file_offset], file, scope)
+                    .map_err(|e| permission_hint(anyhow!(e)))
+                    .with_context(|| {
+                        format!("attaching {name} to {} ({}+{:#x}) in pid {pid}", site.function, file.display(), site.file_offset)
+                    })?;
+                links.push((name, id));
+            }
+        }
+        self.links.entry(pid).or_default().extend(links);
+        Ok(())
+    }
+
+    /// Detaches everything attached for `pid` and forgets it on the kernel side.
+    pub fn detach(&mut self, pid: u32) {
+        for (name, id) in self.links.remove(&pid).unwrap_or_default() {
+            if let Ok(prog) = program(&mut self.ebpf, name) {
+                if let Err(e) = prog.detach(id) {
+                    tracing::warn!(pid, program = name, "detaching: {e}");
+                }
+            }
+        }
+        let _ = self.targets.remove(&pid);
+        self.clear_inflight(pid);
+    }
+
+    /// Drops per-thread call records of `pid` (stale ones would swallow the next call).
+    fn clear_inflight(&mut self, pid: u32) {
+        let stale: Vec<u64> = self.inflight.keys().flatten().filter(|k| (k >> 32) as u32 == pid).collect();
+        for k in stale {
+            let _ = self.inflight.remove(&k);
+        }
+    }
+}
+
+impl Tables {
+    /// Per-stack counters of one process, summed over CPUs.
+    pub fn stack_stats(&self, pid: u32) -> Vec<(u64, StackCounters)> {
+        let mut out = Vec::new();
+        for key in self.stats.keys().flatten() {
+            if key.tgid != pid {
+                continue;
+            }
+            let Ok(per_cpu) = self.stats.get(&key, 0) else { continue };
+            let mut sum = StackCounters::default();
+            for c in per_cpu.iter() {
+                sum.allocated_bytes = sum.allocated_bytes.wrapping_add(c.allocated_bytes);
+                sum.allocations = sum.allocations.wrapping_add(c.allocations);
+                sum.freed_bytes = sum.freed_bytes.wrapping_add(c.freed_bytes);
+                sum.frees = sum.frees.wrapping_add(c.frees);
+            }
+            out.push((key.stack_id, sum));
+        }
+        out
+    }
+
+    /// Outstanding blocks of one process: (stack id, size, allocation time in ns).
+    pub fn live_blocks(&self, pid: u32) -> Vec<(u64, u64, u64)> {
+        self.live
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.tgid == pid)
+            .map(|(_, v)| (v.stack_id, v.size, v.timestamp_ns))
+            .collect()
+    }
+
+    pub fn stack(&self, stack_id: u64) -> Option<StackTrace> {
+        self.stacks.get(&stack_id, 0).ok()
+    }
+
+    pub fn stack_ids(&self) -> Vec<u64> {
+        self.stacks.keys().flatten().collect()
+    }
+
+    /// Health counters summed over CPUs.
+    pub fn counters(&self) -> Vec<(Counter, u64)> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let sum = self
+                    .counters
+                    .get(&(c as u32), 0)
+                    .map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+                    .unwrap_or(0);
+                (c, sum)
+            })
+            .collect()
+    }
+}
+
+/// Decodes one ring buffer record.
+pub fn parse_new_stack(bytes: &[u8]) -> Option<NewStack> {
+    if bytes.len() < std::mem::size_of::<NewStack>() {
+        return None;
+    }
+    // SAFETY: NewStack is plain data and the length was checked; read_unaligned copes with
+    // the ring buffer's 8-byte alignment guarantee either way.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<NewStack>()) })
+}
+
+/// The ring buffer's fd, for poll(2).
+pub fn ring_fd(ring: &RingBuf<MapData>) -> i32 {
+    ring.as_raw_fd()
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    Ok(prog.try_into()?)
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// Turns EPERM from the kernel into the capability remedy.
+fn permission_hint(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") || text.contains("os error 1)") {
+        return anyhow::Error::new(ProbeError::MissingCapability).context(text);
+    }
+    err
+}
+

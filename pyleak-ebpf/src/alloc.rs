@@ -1,0 +1,138 @@
+//! Allocating calls: entry programs remember the request per thread, the shared return
+//! program pairs it with the returned address, walks the Python stack and records the block.
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+};
+use pyleak_common::{
+    AllocInfo, AllocKey, CALL_MALLOC, CALL_REALLOC, Counter, Inflight, NewStack, StackKey,
+};
+
+use crate::{
+    free::forget_block,
+    maps::{INFLIGHT, LIVE_ALLOCS, NEW_STACKS, SCRATCH, STACKS, TARGETS, count},
+    stats::stats_add,
+    walk::walk,
+};
+
+/// Entry of an allocating call. Nested allocator calls (PyObject_Malloc -> PyMem_RawMalloc ->
+/// malloc) only deepen the outermost record, so each block is counted once.
+#[inline(always)]
+pub fn enter(size: u64, old_ptr: u64, kind: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: read-only lookup of a plain-data value.
+    if unsafe { TARGETS.get(&tgid) }.is_none() {
+        count(Counter::NoTarget);
+        return;
+    }
+    if let Some(call) = INFLIGHT.get_ptr_mut(&pid_tgid) {
+        // SAFETY: per-thread entry; only this thread touches it.
+        unsafe { (*call).depth += 1 };
+        return;
+    }
+    let call = Inflight { size, old_ptr, depth: 1, kind };
+    if INFLIGHT.insert(&pid_tgid, &call, BPF_ANY as u64).is_err() {
+        count(Counter::LostInflightFull);
+    }
+}
+
+/// Return of an allocating call (any kind): `ret` is the returned pointer.
+#[inline(always)]
+pub fn exit(ret: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(call) = INFLIGHT.get_ptr_mut(&pid_tgid) else {
+        // The call began before the probes were attached, or INFLIGHT was full at entry.
+        count(Counter::UnmatchedReturns);
+        return;
+    };
+    // SAFETY: per-thread entry; only this thread touches it.
+    let call = unsafe {
+        if (*call).depth > 1 {
+            (*call).depth -= 1;
+            return;
+        }
+        *call
+    };
+    let _ = INFLIGHT.remove(&pid_tgid);
+
+    if call.kind == CALL_REALLOC {
+        if ret == 0 && call.size != 0 {
+            // Failed: the old block is untouched and still owned by the caller.
+            count(Counter::FailedAllocs);
+            return;
+        }
+        if call.old_ptr != 0 {
+            // Moved, resized in place, or (size 0) freed: the old block ends here either way;
+            // a surviving block is recorded again below with its new size and this stack.
+            forget_block(tgid, call.old_ptr);
+        }
+        if ret == 0 {
+            return;
+        }
+    } else if ret == 0 {
+        count(Counter::FailedAllocs);
+        return;
+    }
+    count(Counter::Allocs);
+    record(tgid, ret, call.size);
+}
+
+/// Records a new block: walks the stack, interns it, adds the block to LIVE_ALLOCS and its
+/// bytes to the stack's counters. A full map loses the block, counted, never half-recorded.
+#[inline(always)]
+fn record(tgid: u32, addr: u64, size: u64) {
+    // SAFETY: read-only lookup of a plain-data value.
+    let Some(target) = (unsafe { TARGETS.get(&tgid) }) else {
+        count(Counter::NoTarget);
+        return;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, not shared while this program runs.
+    let st = unsafe { &mut *scratch };
+    let stack_id = walk(tgid, target, st);
+
+    if STACKS.get_ptr(&stack_id).is_none() {
+        match STACKS.insert(&stack_id, st, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                let event = NewStack { tgid, _pad: 0, stack_id };
+                if NEW_STACKS.output(&event, 0).is_err() {
+                    count(Counter::LostNewStackEvents);
+                }
+            }
+            Err(e) if e == -(EEXIST as i32) => {} // another CPU interned it first
+            Err(_) => {
+                count(Counter::LostStacksFull);
+                return;
+            }
+        }
+    }
+
+    let key = AllocKey { tgid, _pad: 0, addr };
+    // A block already recorded at this address was freed by a path pyleak does not see;
+    // retire it so its bytes do not stay outstanding forever.
+    forget_block(tgid, addr);
+    // SAFETY: helper call with no preconditions.
+    let timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    let info = AllocInfo { size, stack_id, timestamp_ns };
+    if LIVE_ALLOCS.insert(&key, &info, BPF_ANY as u64).is_err() {
+        count(Counter::LostLiveFull);
+        return;
+    }
+    let skey = StackKey { tgid, _pad: 0, stack_id };
+    if !stats_add(&skey, size, 1, 0, 0) {
+        let _ = LIVE_ALLOCS.remove(&key);
+        count(Counter::LostStatsFull);
+    }
+}
+
+const EEXIST: i64 = 17;
+
+/// Pass-through used by the call kinds that take no old pointer.
+#[inline(always)]
+pub fn enter_malloc(size: u64) {
+    enter(size, 0, CALL_MALLOC);
+}

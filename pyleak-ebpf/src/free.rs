@@ -1,0 +1,38 @@
+//! Freeing calls: a tracked block leaves LIVE_ALLOCS and its bytes leave its stack's
+//! outstanding total. Frees of blocks pyleak never saw (made before attach) cost one lookup.
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use pyleak_common::{AllocKey, Counter, StackKey};
+
+use crate::{
+    maps::{LIVE_ALLOCS, count},
+    stats::stats_add,
+};
+
+/// Entry of a freeing call with pointer `ptr`.
+#[inline(always)]
+pub fn free(ptr: u64) {
+    if ptr == 0 {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    count(Counter::Frees);
+    if forget_block(tgid, ptr) {
+        count(Counter::FreesTracked);
+    }
+}
+
+/// Removes a tracked block and subtracts it from its stack. Returns whether it was tracked.
+#[inline(always)]
+pub fn forget_block(tgid: u32, addr: u64) -> bool {
+    let key = AllocKey { tgid, _pad: 0, addr };
+    // SAFETY: copy the value out before removing the entry.
+    let Some(info) = (unsafe { LIVE_ALLOCS.get(&key) }).copied() else {
+        return false;
+    };
+    if LIVE_ALLOCS.remove(&key).is_err() {
+        return false; // another thread freed it first (a double free in the target)
+    }
+    let skey = StackKey { tgid, _pad: 0, stack_id: info.stack_id };
+    stats_add(&skey, 0, 0, info.size, 1);
+    true
+}

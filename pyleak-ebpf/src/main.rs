@@ -1,0 +1,87 @@
+//! pyleak's kernel programs: uprobes on a CPython process's allocator functions.
+//!
+//! Each program is a few lines delegating to one concern: `alloc` (allocating calls),
+//! `free` (freeing calls), `walk` (the Python stack), `stats` (per-stack counters). The maps
+//! live in `maps`. Nothing here formats strings or logs: hot paths only count.
+#![no_std]
+#![no_main]
+
+mod alloc;
+mod free;
+mod maps;
+mod stats;
+mod walk;
+
+use aya_ebpf::{
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use pyleak_common::CALL_MALLOC;
+
+/// `void *malloc(size_t)`, `PyObject_Malloc`, `PyMem_Malloc`, `PyMem_RawMalloc`.
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    alloc::enter_malloc(ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+/// `void *calloc(size_t nelem, size_t elsize)` and the Py* variants.
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let nelem = ctx.arg::<u64>(0).unwrap_or(0);
+    let elsize = ctx.arg::<u64>(1).unwrap_or(0);
+    // An overflowing request fails in the allocator; saturate so it is never recorded small.
+    let size = saturating_mul(nelem, elsize);
+    alloc::enter(size, 0, CALL_MALLOC);
+    0
+}
+
+/// `a * b`, or u64::MAX on overflow, in 32-bit halves: `checked_mul` and the usual
+/// division test both lower to a 128-bit multiply (`__multi3`) the BPF backend lacks.
+#[inline(always)]
+fn saturating_mul(a: u64, b: u64) -> u64 {
+    let (ah, al, bh, bl) = (a >> 32, a & 0xffff_ffff, b >> 32, b & 0xffff_ffff);
+    if ah != 0 && bh != 0 {
+        return u64::MAX;
+    }
+    let cross = ah * bl + al * bh; // one term is zero; each fits in 64 bits
+    if cross >> 32 != 0 {
+        return u64::MAX;
+    }
+    let low = al * bl;
+    let product = (cross << 32).wrapping_add(low);
+    if product < low { u64::MAX } else { product }
+}
+
+/// `void *realloc(void *ptr, size_t size)` and the Py* variants.
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    let ptr = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    alloc::enter(size, ptr, pyleak_common::CALL_REALLOC);
+    0
+}
+
+/// Return of any allocating function above.
+#[uretprobe]
+pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    alloc::exit(ctx.ret::<u64>());
+    0
+}
+
+/// `void free(void *)`, `PyObject_Free`, `PyMem_Free`, `PyMem_RawFree`.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    free::free(ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,68 @@
+//! The kernel side's maps and loader-set globals. Names and value types come from
+//! `pyleak-common`, so the user side looks them up by the same constants.
+use aya_ebpf::{
+    Global,
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use pyleak_common::{
+    AllocInfo, AllocKey, Counter, DEFAULT_MAX_DEPTH, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACKS,
+    Inflight, MAX_INFLIGHT, MAX_TARGETS, NEW_STACKS_RING_BYTES, PyTarget, StackCounters, StackKey,
+    StackTrace,
+};
+
+/// Outstanding allocations, keyed by (tgid, address). Not preallocated: a quiet target costs
+/// no kernel memory. The loader resizes it from the config.
+#[map]
+pub static LIVE_ALLOCS: HashMap<AllocKey, AllocInfo> =
+    HashMap::with_max_entries(DEFAULT_MAX_LIVE_ALLOCS, BPF_F_NO_PREALLOC);
+
+/// Interned stacks: stack id (a hash of tgid and frames) -> frames.
+#[map]
+pub static STACKS: HashMap<u64, StackTrace> =
+    HashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Per-CPU bytes/counts per (tgid, stack): the user side sums CPUs, so no atomics needed.
+#[map]
+pub static STACK_STATS: PerCpuHashMap<StackKey, StackCounters> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Allocator calls between entry and return, by pid_tgid (one per thread).
+#[map]
+pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// The traced processes and where their Python state lives.
+#[map]
+pub static TARGETS: HashMap<u32, PyTarget> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Health counters, indexed by `Counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Stack ids seen for the first time, so the user side symbolizes them while the code objects
+/// are alive.
+#[map]
+pub static NEW_STACKS: RingBuf = RingBuf::with_byte_size(NEW_STACKS_RING_BYTES, 0);
+
+/// Room to build one `StackTrace` per CPU (it is larger than the 512-byte BPF stack).
+#[map]
+pub static SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
+
+/// Python frames to capture per allocation (set by the loader; clamped to MAX_FRAMES).
+#[unsafe(no_mangle)]
+pub static MAX_DEPTH: Global<u32> = Global::new(DEFAULT_MAX_DEPTH);
+
+/// Offset of `task_struct.thread.fsbase` in the running kernel (set by the loader from BTF;
+/// 0 means unknown, and then no thread-pointer-based read is attempted).
+#[unsafe(no_mangle)]
+pub static FSBASE_OFFSET: Global<u32> = Global::new(0);
+
+/// Adds one to a health counter. Per-CPU, so a plain increment is enough.
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer comes from the map and is valid for this CPU.
+        unsafe { *slot += 1 };
+    }
+}

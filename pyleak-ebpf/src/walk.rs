@@ -1,0 +1,162 @@
+//! Walking the calling thread's Python frames, driven by the per-process `PyTarget` offsets
+//! (versions differ only in data, never in code here).
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use pyleak_common::{
+    ABSENT, Counter, INSTR_I32, MAX_FRAMES, PyTarget, STACK_NO_PYTHON, STACK_READ_ERROR,
+    STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
+};
+
+use crate::maps::{FSBASE_OFFSET, MAX_DEPTH, count};
+
+/// Reads a `T` at `addr` in the current (target) process.
+#[inline(always)]
+fn read<T>(addr: u64) -> Result<T, ()> {
+    // SAFETY: bpf_probe_read_user validates the address and fails instead of faulting.
+    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(|_| ())
+}
+
+#[inline(always)]
+fn at(base: u64, offset: i32) -> u64 {
+    base.wrapping_add(offset as i64 as u64)
+}
+
+/// The calling thread's fs base: its thread pointer, `pthread_self()` with glibc.
+#[inline(always)]
+fn fsbase() -> Result<u64, ()> {
+    let offset = FSBASE_OFFSET.load();
+    if offset == 0 {
+        return Err(());
+    }
+    // SAFETY: the helper returns the current task; the read is checked by the kernel.
+    unsafe {
+        let task = bpf_get_current_task();
+        bpf_probe_read_kernel((task + offset as u64) as *const u64).map_err(|_| ())
+    }
+}
+
+/// The calling thread's `PyThreadState *`, or 0 if it has none (a native thread, or one that
+/// does not hold the GIL).
+#[inline(always)]
+fn current_tstate(t: &PyTarget) -> Result<u64, ()> {
+    match t.tstate_kind {
+        TSTATE_GLOBAL => {
+            // C: _PyRuntime.gilstate.tstate_current (the GIL holder). Allocations without the
+            // GIL (PyMem_RawMalloc) are legal, so check that the holder is this thread.
+            let tstate: u64 = read(t.tstate_addr)?;
+            if tstate == 0 || t.tstate_thread_id == ABSENT {
+                return Ok(tstate);
+            }
+            let owner: u64 = read(at(tstate, t.tstate_thread_id))?;
+            Ok(if owner == fsbase()? { tstate } else { 0 })
+        }
+        TSTATE_TLS_DYNAMIC => {
+            // C: ((void **)((dtv_t *)fsbase->dtv)[modid].pointer.val)[tls_offset], i.e. what
+            // __tls_get_addr returns for _Py_tss_tstate in a shared libpython (glibc x86_64:
+            // the DTV pointer is at fs:8, entries are 16 bytes).
+            let modid: u64 = read(t.tls_module_id_addr)?;
+            let dtv: u64 = read(fsbase()? + 8)?;
+            let block: u64 = read(dtv + 16 * modid)?;
+            if block == 0 || block == u64::MAX {
+                return Ok(0); // this thread never touched the module's TLS
+            }
+            read((block as i64 + t.tls_offset) as u64)
+        }
+        TSTATE_TLS_STATIC => read((fsbase()? as i64 + t.tls_offset) as u64),
+        _ => Err(()),
+    }
+}
+
+/// FNV-1a step over one 64-bit word.
+#[inline(always)]
+fn mix(hash: u64, word: u64) -> u64 {
+    (hash ^ word).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// Fills `st` with the calling thread's Python frames, innermost first, and returns the
+/// stack id (a hash of the pid and the frames). Never fails: what could not be read is
+/// flagged in `st.flags` and counted.
+#[inline(always)]
+pub fn walk(tgid: u32, t: &PyTarget, st: &mut StackTrace) -> u64 {
+    st.tgid = tgid;
+    st.len = 0;
+    st.flags = 0;
+    st._pad = 0;
+    let mut hash = mix(0xcbf2_9ce4_8422_2325, tgid as u64);
+
+    let tstate = match current_tstate(t) {
+        Ok(0) => {
+            count(Counter::NoPythonStack);
+            st.flags = STACK_NO_PYTHON;
+            return mix(hash, STACK_NO_PYTHON as u64);
+        }
+        Ok(tstate) => tstate,
+        Err(()) => {
+            count(Counter::TstateReadErrors);
+            st.flags = STACK_READ_ERROR | STACK_NO_PYTHON;
+            return mix(hash, (STACK_READ_ERROR | STACK_NO_PYTHON) as u64);
+        }
+    };
+
+    // C (3.8–3.10): tstate->frame; (3.11–3.12): tstate->cframe->current_frame;
+    // (3.13+): tstate->current_frame.
+    let mut frame: u64 = read(at(tstate, t.tstate_frame)).unwrap_or(0);
+    if t.cframe_current_frame != ABSENT && frame != 0 {
+        frame = read(at(frame, t.cframe_current_frame)).unwrap_or(0);
+    }
+
+    let depth = MAX_DEPTH.load() as usize;
+    let mut n = 0usize;
+    for _ in 0..MAX_FRAMES {
+        if frame == 0 {
+            break;
+        }
+        if n >= depth {
+            st.flags |= STACK_TRUNCATED;
+            count(Counter::StacksTruncated);
+            break;
+        }
+        match read_frame(t, frame) {
+            Ok((back, Some((code, instr)))) => {
+                if let (Some(c), Some(i)) = (st.code.get_mut(n), st.instr.get_mut(n)) {
+                    *c = code;
+                    *i = instr;
+                    n += 1;
+                    hash = mix(mix(hash, code), instr as u64);
+                }
+                frame = back;
+            }
+            Ok((back, None)) => frame = back, // a C-stack shim frame: not Python code
+            Err(()) => {
+                st.flags |= STACK_READ_ERROR;
+                count(Counter::FrameReadErrors);
+                break;
+            }
+        }
+    }
+    st.len = n as u32;
+    mix(hash, st.flags as u64)
+}
+
+/// One frame: its caller, and its (code, position) unless it is a shim to skip.
+#[inline(always)]
+fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32)>), ()> {
+    let back: u64 = read(at(frame, t.frame_back))?;
+    if t.frame_owner != ABSENT {
+        // C (3.12+): frame->owner >= FRAME_OWNED_BY_CSTACK marks an entry shim.
+        let owner: u8 = read(at(frame, t.frame_owner))?;
+        if owner as u32 >= t.owner_skip_min {
+            return Ok((back, None));
+        }
+    }
+    // C: frame->f_code (3.8–3.12) / frame->f_executable (3.13+, tagged in 3.14).
+    let code: u64 = read::<u64>(at(frame, t.frame_code))? & t.code_mask;
+    let instr = if t.instr_kind == INSTR_I32 {
+        // C: frame->f_lasti.
+        read::<i32>(at(frame, t.frame_instr))? as u32
+    } else {
+        // C: frame->prev_instr (3.11–3.12) / frame->instr_ptr (3.13+), kept relative to the
+        // code object so that it fits in 32 bits.
+        read::<u64>(at(frame, t.frame_instr))?.wrapping_sub(code) as u32
+    };
+    Ok((back, Some((code, instr))))
+}
