@@ -14,7 +14,9 @@ pub const DEFAULT_MAX_DEPTH: u32 = 64;
 /// Default capacity of [`MAP_LIVE_ALLOCS`] (outstanding allocations across all targets).
 pub const DEFAULT_MAX_LIVE_ALLOCS: u32 = 1 << 20;
 /// Default capacity of [`MAP_STACKS`] (distinct interned stacks).
-pub const DEFAULT_MAX_STACKS: u32 = 16 * 1024;
+/// Each entry is about 1.6 KiB of kernel memory once used (not preallocated). Import-heavy
+/// start-ups alone can make over 16K distinct stacks.
+pub const DEFAULT_MAX_STACKS: u32 = 32 * 1024;
 /// Capacity of [`MAP_INFLIGHT`]: threads inside an allocator call at the same moment.
 pub const MAX_INFLIGHT: u32 = 16 * 1024;
 /// Capacity of [`MAP_TARGETS`]: processes traced at once.
@@ -58,6 +60,8 @@ pub const PROG_REALLOC_ENTER: &str = "realloc_enter";
 pub const PROG_ALLOC_EXIT: &str = "alloc_exit";
 /// Entry program for `free`-like functions: `void f(void *ptr)`.
 pub const PROG_FREE_ENTER: &str = "free_enter";
+/// Entry program for `Py_FinalizeEx`: freezes the process's numbers (see `PyTarget::finalizing`).
+pub const PROG_FINALIZE_ENTER: &str = "finalize_enter";
 
 /// Key of [`MAP_LIVE_ALLOCS`].
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -210,6 +214,11 @@ pub struct PyTarget {
     pub frame_owner: i32,
     /// Frames whose owner is at least this are C-stack shims, not Python code; skipped.
     pub owner_skip_min: u32,
+    /// Set to 1 by the kernel side when the interpreter enters `Py_FinalizeEx`: from then on
+    /// the process's allocations and frees are ignored, so the report shows what the program
+    /// left allocated when it finished, not what shutdown tore down.
+    pub finalizing: u32,
+    pub _pad: u32,
 }
 
 /// Indices into [`MAP_COUNTERS`]. Every failure the kernel side can meet is counted; the
@@ -245,6 +254,8 @@ pub enum Counter {
     LostNewStackEvents,
     /// Allocator calls from a process with no [`MAP_TARGETS`] entry (probe fired early).
     NoTarget,
+    /// Allocator calls ignored because the interpreter was finalizing.
+    AfterFinalize,
     /// Failed calls (NULL result, or realloc failure that leaves the old block alive).
     FailedAllocs,
 }
@@ -266,6 +277,7 @@ impl Counter {
         Counter::NoPythonStack,
         Counter::LostNewStackEvents,
         Counter::NoTarget,
+        Counter::AfterFinalize,
         Counter::FailedAllocs,
     ];
 
@@ -286,6 +298,7 @@ impl Counter {
             Counter::NoPythonStack => "no_python_stack",
             Counter::LostNewStackEvents => "lost_new_stack_events",
             Counter::NoTarget => "no_target",
+            Counter::AfterFinalize => "after_finalize",
             Counter::FailedAllocs => "failed_allocs",
         }
     }

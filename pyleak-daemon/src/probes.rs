@@ -11,7 +11,7 @@ use aya::{
 use pyleak_common::{
     AllocInfo, AllocKey, Counter, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH, Inflight, MAP_COUNTERS,
     MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS, MAP_STACK_STATS, MAP_STACKS, MAP_TARGETS,
-    MAX_FRAMES, NewStack, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_FREE_ENTER, PROG_MALLOC_ENTER,
+    MAX_FRAMES, NewStack, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_FINALIZE_ENTER, PROG_FREE_ENTER, PROG_MALLOC_ENTER,
     PROG_REALLOC_ENTER, PyTarget, StackCounters, StackKey, StackTrace,
 };
 
@@ -30,6 +30,8 @@ pub enum AllocFn {
     Calloc,
     Realloc,
     Free,
+    /// `Py_FinalizeEx`: not an allocator; freezes the process's numbers at shutdown.
+    Finalize,
 }
 
 impl AllocFn {
@@ -39,6 +41,7 @@ impl AllocFn {
             AllocFn::Calloc => PROG_CALLOC_ENTER,
             AllocFn::Realloc => PROG_REALLOC_ENTER,
             AllocFn::Free => PROG_FREE_ENTER,
+            AllocFn::Finalize => PROG_FINALIZE_ENTER,
         }
     }
 }
@@ -130,7 +133,14 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| permission_hint(anyhow!(e)))
             .context("loading pyleak's eBPF programs")?;
-        for name in [PROG_MALLOC_ENTER, PROG_CALLOC_ENTER, PROG_REALLOC_ENTER, PROG_FREE_ENTER, PROG_ALLOC_EXIT] {
+        for name in [
+            PROG_MALLOC_ENTER,
+            PROG_CALLOC_ENTER,
+            PROG_REALLOC_ENTER,
+            PROG_FREE_ENTER,
+            PROG_ALLOC_EXIT,
+            PROG_FINALIZE_ENTER,
+        ] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| permission_hint(anyhow!(e)))
@@ -148,6 +158,11 @@ impl Probes {
         Ok((Probes { ebpf, targets, inflight, links: StdHashMap::new() }, tables, ring))
     }
 
+    /// Whether the kernel side saw `pid` enter `Py_FinalizeEx`.
+    pub fn finalizing(&self, pid: u32) -> bool {
+        self.targets.get(&pid, 0).is_ok_and(|t| t.finalizing != 0)
+    }
+
     /// Registers a process with the kernel side (before attaching, so no call is missed).
     pub fn add_target(&mut self, pid: u32, target: &PyTarget) -> Result<()> {
         self.clear_inflight(pid);
@@ -161,7 +176,7 @@ impl Probes {
         let mut links = Vec::new();
         for site in sites {
             let mut names = vec![site.kind.entry_program()];
-            if site.kind != AllocFn::Free {
+            if !matches!(site.kind, AllocFn::Free | AllocFn::Finalize) {
                 names.push(PROG_ALLOC_EXIT);
             }
             for name in names {

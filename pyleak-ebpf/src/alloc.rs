@@ -22,9 +22,16 @@ pub fn enter(size: u64, old_ptr: u64, kind: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: read-only lookup of a plain-data value.
-    if unsafe { TARGETS.get(&tgid) }.is_none() {
-        count(Counter::NoTarget);
-        return;
+    match unsafe { TARGETS.get(&tgid) } {
+        None => {
+            count(Counter::NoTarget);
+            return;
+        }
+        Some(t) if t.finalizing != 0 => {
+            count(Counter::AfterFinalize);
+            return;
+        }
+        Some(_) => {}
     }
     if let Some(call) = INFLIGHT.get_ptr_mut(&pid_tgid) {
         // SAFETY: per-thread entry; only this thread touches it.
@@ -43,8 +50,12 @@ pub fn exit(ret: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(call) = INFLIGHT.get_ptr_mut(&pid_tgid) else {
-        // The call began before the probes were attached, or INFLIGHT was full at entry.
-        count(Counter::UnmatchedReturns);
+        // The call began before the probes were attached, INFLIGHT was full at entry, or
+        // the entry was ignored (no target, or finalizing: already counted there).
+        // SAFETY: read-only lookup of a plain-data value.
+        if unsafe { TARGETS.get(&tgid) }.is_some_and(|t| t.finalizing == 0) {
+            count(Counter::UnmatchedReturns);
+        }
         return;
     };
     // SAFETY: per-thread entry; only this thread touches it.
@@ -130,6 +141,16 @@ fn record(tgid: u32, addr: u64, size: u64) {
 }
 
 const EEXIST: i64 = 17;
+
+/// Entry of `Py_FinalizeEx`: stop counting this process (see `PyTarget::finalizing`).
+#[inline(always)]
+pub fn finalize() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(t) = TARGETS.get_ptr_mut(&tgid) {
+        // SAFETY: a plain store into this process's map value.
+        unsafe { (*t).finalizing = 1 };
+    }
+}
 
 /// Pass-through used by the call kinds that take no old pointer.
 #[inline(always)]

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use pyleak_common::{AllocKey, Counter, StackKey};
 
 use crate::{
-    maps::{LIVE_ALLOCS, count},
+    maps::{LIVE_ALLOCS, TARGETS, count},
     stats::stats_add,
 };
 
@@ -15,6 +15,11 @@ pub fn free(ptr: u64) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: read-only lookup of a plain-data value.
+    if unsafe { TARGETS.get(&tgid) }.is_some_and(|t| t.finalizing != 0) {
+        count(Counter::AfterFinalize);
+        return;
+    }
     count(Counter::Frees);
     if forget_block(tgid, ptr) {
         count(Counter::FreesTracked);

@@ -76,6 +76,13 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `void Py_FinalizeEx(void)`: the interpreter starts shutting down.
+#[uprobe]
+pub fn finalize_enter(_ctx: ProbeContext) -> u32 {
+    alloc::finalize();
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

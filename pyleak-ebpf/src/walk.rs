@@ -1,6 +1,10 @@
 //! Walking the calling thread's Python frames, driven by the per-process `PyTarget` offsets
 //! (versions differ only in data, never in code here).
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
+};
 use pyleak_common::{
     ABSENT, Counter, INSTR_I32, MAX_FRAMES, PyTarget, STACK_NO_PYTHON, STACK_READ_ERROR,
     STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
@@ -104,37 +108,80 @@ pub fn walk(tgid: u32, t: &PyTarget, st: &mut StackTrace) -> u64 {
         frame = read(at(frame, t.cframe_current_frame)).unwrap_or(0);
     }
 
-    let depth = MAX_DEPTH.load() as usize;
-    let mut n = 0usize;
-    for _ in 0..MAX_FRAMES {
-        if frame == 0 {
-            break;
-        }
-        if n >= depth {
-            st.flags |= STACK_TRUNCATED;
-            count(Counter::StacksTruncated);
-            break;
-        }
-        match read_frame(t, frame) {
-            Ok((back, Some((code, instr)))) => {
-                if let (Some(c), Some(i)) = (st.code.get_mut(n), st.instr.get_mut(n)) {
-                    *c = code;
-                    *i = instr;
-                    n += 1;
-                    hash = mix(mix(hash, code), instr as u64);
-                }
-                frame = back;
+    // bpf_loop verifies the step once, however deep the walk: an open-coded 128-iteration
+    // loop made the verifier explore every iteration's exits and hit its 1M-insn limit.
+    let mut walk = Walk {
+        target: t,
+        stack: st,
+        frame,
+        n: 0,
+        depth: (MAX_DEPTH.load() as usize).min(MAX_FRAMES) as u32,
+        hash,
+    };
+    // SAFETY: the callback is a static function; the context lives on this stack frame for
+    // the duration of the call.
+    unsafe {
+        bpf_loop(
+            MAX_FRAMES as u32,
+            walk_step as *mut c_void,
+            (&mut walk as *mut Walk).cast(),
+            0,
+        )
+    };
+    st.len = walk.n;
+    mix(walk.hash, st.flags as u64)
+}
+
+/// State shared with [`walk_step`] across bpf_loop iterations.
+#[repr(C)]
+struct Walk {
+    target: *const PyTarget,
+    stack: *mut StackTrace,
+    /// The next frame to read (0: done).
+    frame: u64,
+    /// Frames recorded so far.
+    n: u32,
+    depth: u32,
+    hash: u64,
+}
+
+/// One bpf_loop iteration: records one Python frame. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the `Walk` passed by `walk`, valid for the whole loop.
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    // SAFETY: both point into map values that outlive the loop.
+    let (t, st) = unsafe { (&*w.target, &mut *w.stack) };
+    if w.frame == 0 {
+        return 1;
+    }
+    if w.n >= w.depth {
+        st.flags |= STACK_TRUNCATED;
+        count(Counter::StacksTruncated);
+        return 1;
+    }
+    match read_frame(t, w.frame) {
+        Ok((back, Some((code, instr)))) => {
+            let i = w.n as usize;
+            if let (Some(c), Some(p)) = (st.code.get_mut(i), st.instr.get_mut(i)) {
+                *c = code;
+                *p = instr;
+                w.n += 1;
+                w.hash = mix(mix(w.hash, code), instr as u64);
             }
-            Ok((back, None)) => frame = back, // a C-stack shim frame: not Python code
-            Err(()) => {
-                st.flags |= STACK_READ_ERROR;
-                count(Counter::FrameReadErrors);
-                break;
-            }
+            w.frame = back;
+            0
+        }
+        Ok((back, None)) => {
+            w.frame = back; // a C-stack shim frame: not Python code
+            0
+        }
+        Err(()) => {
+            st.flags |= STACK_READ_ERROR;
+            count(Counter::FrameReadErrors);
+            1
         }
     }
-    st.len = n as u32;
-    mix(hash, st.flags as u64)
 }
 
 /// One frame: its caller, and its (code, position) unless it is a shim to skip.

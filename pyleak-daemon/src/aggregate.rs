@@ -1,0 +1,178 @@
+//! Turning the kernel's per-stack counters and the symbolized stacks into a `Report`:
+//! outstanding bytes per stack, whole-trace totals, and plain-language notes about anything
+//! the kernel side had to drop.
+use std::{collections::HashMap, time::Duration};
+
+use pyleak_common::{Counter, STACK_NO_PYTHON, STACK_READ_ERROR, STACK_TRUNCATED, StackCounters};
+
+use crate::model::{Frame, PythonInfo, Report, StackStats, Totals};
+
+/// A stack id's frames, symbolized.
+#[derive(Clone, Debug)]
+pub struct ResolvedStack {
+    pub frames: Vec<Frame>,
+    pub flags: u32,
+}
+
+pub struct Inputs<'a> {
+    pub pid: u32,
+    pub command: String,
+    pub python: PythonInfo,
+    pub duration: Duration,
+    /// Per stack id, summed over CPUs.
+    pub stats: Vec<(u64, StackCounters)>,
+    /// With `--min-age`: the blocks old enough, as (stack id, size, time).
+    pub live: Option<Vec<(u64, u64, u64)>>,
+    pub counters: Vec<(Counter, u64)>,
+    pub resolved: &'a HashMap<u64, ResolvedStack>,
+}
+
+pub fn build(inp: Inputs<'_>) -> Report {
+    let mut totals = Totals::default();
+    let mut per_stack: HashMap<u64, StackStats> = HashMap::new();
+    for (id, c) in &inp.stats {
+        totals.allocated_bytes += c.allocated_bytes;
+        totals.freed_bytes += c.freed_bytes;
+        let outstanding_bytes = c.allocated_bytes.saturating_sub(c.freed_bytes);
+        let outstanding_allocations = c.allocations.saturating_sub(c.frees);
+        totals.outstanding_bytes += outstanding_bytes;
+        totals.outstanding_allocations += outstanding_allocations;
+        let (frames, truncated) = frames_of(*id, inp.resolved);
+        per_stack.insert(
+            *id,
+            StackStats { outstanding_bytes, outstanding_allocations, allocated_bytes: c.allocated_bytes, frames, truncated },
+        );
+    }
+    if let Some(live) = &inp.live {
+        // Only blocks at least --min-age old count as outstanding.
+        for s in per_stack.values_mut() {
+            s.outstanding_bytes = 0;
+            s.outstanding_allocations = 0;
+        }
+        for &(id, size, _) in live {
+            if let Some(s) = per_stack.get_mut(&id) {
+                s.outstanding_bytes += size;
+                s.outstanding_allocations += 1;
+            }
+        }
+    }
+    let counter = |c: Counter| inp.counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
+    totals.lost_events = Counter::ALL.iter().filter(|c| c.is_loss()).map(|&c| counter(c)).sum();
+
+    let mut python = inp.python;
+    let unresolved = inp.stats.iter().filter(|(id, _)| !inp.resolved.contains_key(id)).count();
+    if unresolved > 0 {
+        python.notes.push(format!(
+            "{unresolved} stacks could not be symbolized (the process exited before their code objects were read)"
+        ));
+    }
+    let truncated = counter(Counter::StacksTruncated);
+    if truncated > 0 {
+        python.notes.push(format!("{truncated} allocations had deeper stacks than the capture depth; their outer frames are cut"));
+    }
+    let no_python = counter(Counter::NoPythonStack);
+    if no_python > 0 {
+        python.notes.push(format!(
+            "{no_python} allocations were made by threads not running Python code (native threads, or the GIL released)"
+        ));
+    }
+    let read_errors = counter(Counter::FrameReadErrors) + counter(Counter::TstateReadErrors);
+    if read_errors > 0 {
+        python.notes.push(format!("{read_errors} stack captures hit an unreadable frame; those stacks are partial"));
+    }
+    if totals.lost_events > 0 {
+        python.notes.push(format!(
+            "{} allocations were not recorded because a kernel map was full (raise --max-allocations / --max-stacks)",
+            totals.lost_events
+        ));
+    }
+
+    let mut stacks: Vec<StackStats> = per_stack.into_values().collect();
+    stacks.sort_by(|a, b| b.outstanding_bytes.cmp(&a.outstanding_bytes).then(b.allocated_bytes.cmp(&a.allocated_bytes)));
+    Report {
+        pid: inp.pid,
+        command: inp.command,
+        python,
+        duration_s: inp.duration.as_secs_f64(),
+        totals,
+        stacks,
+    }
+}
+
+fn frames_of(id: u64, resolved: &HashMap<u64, ResolvedStack>) -> (Vec<Frame>, bool) {
+    match resolved.get(&id) {
+        Some(r) if r.flags & STACK_NO_PYTHON != 0 => (Vec::new(), false),
+        Some(r) => {
+            let mut frames = r.frames.clone();
+            if r.flags & STACK_READ_ERROR != 0 {
+                frames.push(Frame {
+                    function: "<unreadable frame>".into(),
+                    qualname: "<unreadable frame>".into(),
+                    file: "<unknown>".into(),
+                    line: 0,
+                });
+            }
+            (frames, r.flags & STACK_TRUNCATED != 0)
+        }
+        None => (vec![Frame::unknown(0)], false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(f: &str, line: u32) -> Frame {
+        Frame { function: f.into(), qualname: f.into(), file: "/app.py".into(), line }
+    }
+
+    fn counters(n: u64) -> StackCounters {
+        StackCounters { allocated_bytes: n * 100, allocations: n, freed_bytes: 0, frees: 0 }
+    }
+
+    #[test]
+    fn outstanding_is_allocated_minus_freed_and_sorted() {
+        let mut resolved = HashMap::new();
+        resolved.insert(1, ResolvedStack { frames: vec![frame("leak", 3)], flags: 0 });
+        resolved.insert(2, ResolvedStack { frames: vec![frame("churn", 9)], flags: STACK_TRUNCATED });
+        let churn = StackCounters { allocated_bytes: 5000, allocations: 50, freed_bytes: 4900, frees: 49 };
+        let r = build(Inputs {
+            pid: 7,
+            command: "python app.py".into(),
+            python: PythonInfo::default(),
+            duration: Duration::from_secs(2),
+            stats: vec![(2, churn), (1, counters(10))],
+            live: None,
+            counters: vec![(Counter::LostLiveFull, 3), (Counter::Allocs, 99)],
+            resolved: &resolved,
+        });
+        assert_eq!(r.stacks[0].frames[0].function, "leak");
+        assert_eq!(r.stacks[0].outstanding_bytes, 1000);
+        assert_eq!(r.stacks[1].outstanding_bytes, 100);
+        assert_eq!(r.stacks[1].outstanding_allocations, 1);
+        assert!(r.stacks[1].truncated);
+        assert_eq!(r.totals.outstanding_bytes, 1100);
+        assert_eq!(r.totals.freed_bytes, 4900);
+        assert_eq!(r.totals.lost_events, 3);
+        assert!(r.python.notes.iter().any(|n| n.contains("3 allocations were not recorded")));
+    }
+
+    #[test]
+    fn min_age_counts_only_old_blocks_and_unresolved_is_visible() {
+        let resolved = HashMap::new();
+        let r = build(Inputs {
+            pid: 7,
+            command: String::new(),
+            python: PythonInfo::default(),
+            duration: Duration::from_secs(1),
+            stats: vec![(1, counters(10))],
+            live: Some(vec![(1, 100, 5), (1, 100, 6)]),
+            counters: vec![],
+            resolved: &resolved,
+        });
+        assert_eq!(r.stacks[0].outstanding_bytes, 200);
+        assert_eq!(r.stacks[0].outstanding_allocations, 2);
+        assert!(r.stacks[0].frames[0].function.starts_with("<unknown code"));
+        assert!(r.python.notes.iter().any(|n| n.contains("could not be symbolized")));
+    }
+}

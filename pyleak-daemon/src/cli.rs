@@ -1,0 +1,217 @@
+//! The command line: clap definitions, kept apart from what the commands do (`commands`).
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::{Format, GroupBy, ReportOptions};
+
+const EXAMPLES: &str = "\
+Examples:
+  Trace a running service for 30 seconds and show the lines holding the most memory:
+    sudo pyleak trace --pid 4242 --duration 30
+
+  Start a program under pyleak and report what it never freed:
+    sudo pyleak run -- python3.12 app.py
+
+  Machine-readable output, grouped by source line, top 10:
+    sudo pyleak trace --pid 4242 --format json --group-by line --top 10 -o leak.json
+
+  Ignore allocations younger than a minute (steady-state caches churn; leaks age):
+    sudo pyleak trace --pid 4242 --duration 300 --min-age 60
+
+Privileges: loading eBPF programs and attaching uprobes needs CAP_SYS_ADMIN; reading the
+target's memory to name its code needs CAP_SYS_PTRACE (or the same user). Run as root.
+
+Exit status: 0 success, 1 runtime failure (the message says why), 2 usage error.";
+
+/// Find memory leaks in running CPython processes, with eBPF.
+///
+/// pyleak attaches uprobes to a CPython process's allocator (no restart, no code change, no
+/// import in the target), captures the Python stack of every allocation in the kernel, and
+/// reports the memory still outstanding, grouped by the Python stack that allocated it: the
+/// leaking line comes first.
+#[derive(Debug, Parser)]
+#[command(name = "pyleak", version, after_long_help = EXAMPLES, max_term_width = 100)]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a command, trace it until it exits, and report what it left allocated.
+    ///
+    /// The command runs as pyleak's child. pyleak holds it only twice, briefly: after exec
+    /// until libpython is loaded (so tracing starts before the first Python line), and at
+    /// exit while the last stacks are named (its memory is gone a moment later). Follows
+    /// the process and its execs, not processes it forks.
+    #[command(after_long_help = EXAMPLES)]
+    Run {
+        #[command(flatten)]
+        report: ReportArgs,
+        #[command(flatten)]
+        capture: CaptureArgs,
+        /// The command to run, with its arguments (put it after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Attach to a running Python process, trace it, detach, and report.
+    ///
+    /// The target is never stopped or modified. Allocations made before pyleak attached are
+    /// not known, and their frees are ignored: the report covers memory allocated during the
+    /// trace and still outstanding at its end. Ends at --duration, at Ctrl-C (SIGINT) or
+    /// SIGTERM, or when the target exits; it reports in every case.
+    #[command(after_long_help = EXAMPLES)]
+    Trace {
+        /// Process id of the Python process to trace.
+        #[arg(short, long, value_name = "PID")]
+        pid: u32,
+        /// Stop after this many seconds (fractions allowed). Default: until Ctrl-C.
+        #[arg(short, long, value_name = "SECS", value_parser = parse_duration)]
+        duration: Option<f64>,
+        #[command(flatten)]
+        report: ReportArgs,
+        #[command(flatten)]
+        capture: CaptureArgs,
+    },
+}
+
+/// How the report is grouped, filtered and written (shared by run and trace).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Report options")]
+pub struct ReportArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write the report to FILE instead of standard output.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Group outstanding memory by whole stack (traceback), by the allocating line, by its
+    /// function, or by its file — like tracemalloc's Snapshot.statistics().
+    #[arg(long, value_enum, default_value_t = GroupBy::Traceback)]
+    pub group_by: GroupBy,
+    /// Show only the N largest groups. Default: all.
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+    /// Count only blocks outstanding at least SECS seconds at the end of the trace: caches
+    /// that churn fall away, leaks remain.
+    #[arg(long, value_name = "SECS", value_parser = parse_min_age)]
+    pub min_age: Option<f64>,
+    /// Keep only stacks with a frame whose file matches GLOB (a pattern without '/' also
+    /// matches the file's base name). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Drop frames whose file matches GLOB, charging their memory to the nearest caller
+    /// left (e.g. --exclude '*/site-packages/*'). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Show at most N frames per stack, innermost first.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub frames: Option<u32>,
+}
+
+/// What the kernel side captures.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Capture options")]
+pub struct CaptureArgs {
+    /// Python frames captured per allocation (1-128). Deeper stacks are cut and the report
+    /// says so; each frame costs a few memory reads in the kernel per allocation.
+    #[arg(long, value_name = "N", default_value_t = pyleak_common::DEFAULT_MAX_DEPTH,
+          value_parser = clap::value_parser!(u32).range(1..=pyleak_common::MAX_FRAMES as i64))]
+    pub stack_depth: u32,
+    /// Most outstanding allocations tracked at once. Beyond it new ones are counted as lost
+    /// (reported, never silently dropped). Kernel memory grows with use, about 100 bytes
+    /// each.
+    #[arg(long, value_name = "N", default_value_t = pyleak_common::DEFAULT_MAX_LIVE_ALLOCS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_allocations: u32,
+    /// Most distinct stacks kept (about 1.6 KiB each when used).
+    #[arg(long, value_name = "N", default_value_t = pyleak_common::DEFAULT_MAX_STACKS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_stacks: u32,
+}
+
+impl ReportArgs {
+    pub fn options(&self) -> ReportOptions {
+        ReportOptions {
+            group_by: self.group_by,
+            top: self.top,
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            frames: self.frames.map(|n| n as usize),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
+    }
+}
+
+fn parse_min_age(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a number of seconds >= 0, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pyleak").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn trace_flags() {
+        let cli = parse(&["trace", "--pid", "42", "--duration", "1.5", "--format", "json", "--top", "3"]).unwrap();
+        let Command::Trace { pid, duration, report, capture } = cli.command else { panic!() };
+        assert_eq!((pid, duration, report.format, report.top), (42, Some(1.5), Format::Json, Some(3)));
+        assert_eq!(capture.stack_depth, 64);
+    }
+
+    #[test]
+    fn run_takes_the_rest_as_the_command() {
+        let cli = parse(&["run", "--group-by", "line", "--", "python3", "-X", "dev", "app.py"]).unwrap();
+        let Command::Run { command, report, .. } = cli.command else { panic!() };
+        assert_eq!(command, ["python3", "-X", "dev", "app.py"].map(OsString::from));
+        assert_eq!(report.group_by, GroupBy::Line);
+        // Without `--`, the first non-option starts the command.
+        let cli = parse(&["run", "python3", "--version"]).unwrap();
+        let Command::Run { command, .. } = cli.command else { panic!() };
+        assert_eq!(command.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["trace"][..],
+            &["trace", "--pid", "x"],
+            &["trace", "--pid", "1", "--duration", "0"],
+            &["trace", "--pid", "1", "--format", "nope"],
+            &["trace", "--pid", "1", "--stack-depth", "129"],
+            &["trace", "--pid", "1", "--min-age", "-1"],
+            &["trace", "--pid", "1", "--frames", "0"],
+            &["run"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn repeatable_filters() {
+        let cli = parse(&["trace", "-p", "1", "--include", "a.py", "--include", "b/*", "--exclude", "*/lib/*"]).unwrap();
+        let Command::Trace { report, .. } = cli.command else { panic!() };
+        let o = report.options();
+        assert_eq!(o.include, ["a.py", "b/*"]);
+        assert_eq!(o.exclude, ["*/lib/*"]);
+    }
+}

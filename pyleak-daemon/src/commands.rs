@@ -1,0 +1,98 @@
+//! What `pyleak run` and `pyleak trace` do, given parsed arguments.
+use std::{
+    io::Write,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    cli::{CaptureArgs, ReportArgs},
+    discovery,
+    launch::{self, Child, INTERRUPTED},
+    model::Report,
+    probes::LoadOptions,
+    report,
+    session::Session,
+};
+
+fn load_options(c: &CaptureArgs) -> LoadOptions {
+    LoadOptions { max_depth: c.stack_depth, max_live_allocs: c.max_allocations, max_stacks: c.max_stacks }
+}
+
+fn announce(s: &Session, how: &str) {
+    eprintln!(
+        "pyleak: attached to pid {} (Python {}, {}); {how}",
+        s.pid, s.python.version, s.python.executable
+    );
+}
+
+/// `pyleak trace`.
+pub fn trace(pid: u32, duration: Option<f64>, rep: &ReportArgs, cap: &CaptureArgs) -> Result<()> {
+    let opts = rep.options();
+    // Validate filters before attaching, so a typo costs nothing.
+    report::FrameFilter::new(&opts.include, &opts.exclude)?;
+    launch::install_interrupt_handler();
+    let session = Session::attach(pid, load_options(cap)).with_context(|| format!("cannot trace pid {pid}"))?;
+    let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
+    announce(
+        &session,
+        &match duration {
+            Some(d) => format!("tracing for {d} s (Ctrl-C to stop early)"),
+            None => "tracing until Ctrl-C".to_string(),
+        },
+    );
+    let mut exited = false;
+    while !INTERRUPTED.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
+        if !discovery::process_exists(pid) {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if exited {
+        eprintln!("pyleak: pid {pid} exited during the trace; reporting what was seen until then");
+    }
+    let raw = session.finish(rep.min_age.map(Duration::from_secs_f64));
+    write_report(&raw, rep)
+}
+
+/// `pyleak run`.
+pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> Result<()> {
+    let opts = rep.options();
+    report::FrameFilter::new(&opts.include, &opts.exclude)?;
+    launch::install_interrupt_handler();
+    let child = Child::spawn_until_python(argv)?;
+    let pid = child.pid;
+    let session = match Session::attach(pid, load_options(cap)) {
+        Ok(s) => s,
+        Err(e) => {
+            // Do not leave a stopped child behind: PTRACE_O_EXITKILL ends it when we exit.
+            return Err(e.context(format!("cannot trace the started command (pid {pid})")));
+        }
+    };
+    announce(&session, "tracing until it exits");
+    let status = child.run_to_exit(|| session.sync())?;
+    eprintln!("pyleak: pid {pid} exited with status {status}");
+    let raw = session.finish(rep.min_age.map(Duration::from_secs_f64));
+    write_report(&raw, rep)
+}
+
+fn write_report(raw: &Report, rep: &ReportArgs) -> Result<()> {
+    let shaped = report::shape(raw, &rep.options())?;
+    let mut buf = Vec::new();
+    report::render(&shaped, rep.format, rep.group_by, &mut buf)?;
+    match &rep.output {
+        Some(path) => std::fs::write(path, &buf).with_context(|| format!("writing the report to {}", path.display()))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(&buf).and_then(|_| out.flush())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(e).context("writing the report to standard output");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Turning a frame's (code object address, position) into (function, qualname, file, line)
+//! by reading the code object from the target's memory.
+//!
+//! Code objects are read once and cached by address. Before a cached entry is reused its
+//! fingerprint (type, name/file/line-table pointers, first line) is read again, so a code
+//! object freed and replaced at the same address is noticed rather than misnamed.
+use std::collections::HashMap;
+
+use super::{layout::Layout, linetable};
+use crate::{model::Frame, procmem::ProcMem};
+
+/// Longest string or line table read from a target (a corrupted length must not make us
+/// read gigabytes).
+const MAX_READ: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    ob_type: u64,
+    filename: u64,
+    name: u64,
+    linetable: u64,
+    firstlineno: u32,
+}
+
+struct CodeInfo {
+    fingerprint: Fingerprint,
+    name: String,
+    qualname: String,
+    filename: String,
+    linetable: Vec<u8>,
+}
+
+pub struct Symbolizer {
+    mem: ProcMem,
+    layout: &'static Layout,
+    /// Runtime address of `PyCode_Type`, to reject pointers that are not code objects.
+    code_type: u64,
+    cache: HashMap<u64, CodeInfo>,
+}
+
+impl Symbolizer {
+    pub fn new(mem: ProcMem, layout: &'static Layout, code_type: u64) -> Symbolizer {
+        Symbolizer { mem, layout, code_type, cache: HashMap::new() }
+    }
+
+    /// Symbolizes one frame; a code object that cannot be read gives `Frame::unknown`.
+    pub fn frame(&mut self, code: u64, instr: u32) -> Frame {
+        let Some(fp) = self.fingerprint(code) else {
+            return Frame::unknown(code);
+        };
+        if fp.ob_type != self.code_type {
+            return Frame::unknown(code);
+        }
+        let fresh = self.cache.get(&code).is_some_and(|c| c.fingerprint == fp);
+        if !fresh {
+            match self.read_code(code, &fp) {
+                Some(info) => {
+                    self.cache.insert(code, info);
+                }
+                None => return Frame::unknown(code),
+            }
+        }
+        let info = &self.cache[&code];
+        let line = self
+            .layout
+            .bytecode_offset(instr)
+            .and_then(|off| {
+                linetable::line_for_offset(
+                    self.layout.linetable_format,
+                    &info.linetable,
+                    info.fingerprint.firstlineno,
+                    off,
+                )
+            })
+            .unwrap_or(0);
+        Frame {
+            function: info.name.clone(),
+            qualname: info.qualname.clone(),
+            file: info.filename.clone(),
+            line,
+        }
+    }
+
+    fn fingerprint(&self, code: u64) -> Option<Fingerprint> {
+        let l = self.layout;
+        let end = [l.co_filename, l.co_name, l.co_linetable, l.co_firstlineno].into_iter().max()? + 8;
+        let raw = self.mem.read_vec(code, end as usize).ok()?;
+        let u64_at = |off: u64| {
+            raw.get(off as usize..off as usize + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        };
+        let u32_at = |off: u64| {
+            raw.get(off as usize..off as usize + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        };
+        Some(Fingerprint {
+            // C: Py_TYPE(code) == &PyCode_Type
+            ob_type: u64_at(8)?,
+            filename: u64_at(l.co_filename)?,
+            name: u64_at(l.co_name)?,
+            linetable: u64_at(l.co_linetable)?,
+            firstlineno: u32_at(l.co_firstlineno)?,
+        })
+    }
+
+    fn read_code(&self, code: u64, fp: &Fingerprint) -> Option<CodeInfo> {
+        let name = self.read_str(fp.name)?;
+        // C: code->co_qualname (3.11+; before that the bare name is all there is).
+        let qualname = match self.layout.co_qualname {
+            Some(off) => self.mem.read_u64(code + off).ok().and_then(|p| self.read_str(p)),
+            None => None,
+        };
+        Some(CodeInfo {
+            fingerprint: fp.clone(),
+            qualname: qualname.unwrap_or_else(|| name.clone()),
+            name,
+            filename: self.read_str(fp.filename)?,
+            linetable: self.read_bytes(fp.linetable)?,
+        })
+    }
+
+    /// Reads a `str` object (compact ASCII or compact UCS1/2/4).
+    fn read_str(&self, obj: u64) -> Option<String> {
+        // C: ((PyASCIIObject *)obj)->length, ->state
+        let header = self.mem.read_vec(obj + 16, 24).ok()?;
+        let length = i64::from_le_bytes(header[0..8].try_into().ok()?);
+        let state = u32::from_le_bytes(header[16..20].try_into().ok()?);
+        let kind = (state >> 2) & 7;
+        let compact = (state >> 5) & 1 == 1;
+        let ascii = (state >> 6) & 1 == 1;
+        if !compact || length < 0 {
+            return None;
+        }
+        let chars = length as usize;
+        if ascii {
+            let data = self.mem.read_vec(obj + self.layout.unicode_ascii_data, chars.min(MAX_READ)).ok()?;
+            return Some(String::from_utf8_lossy(&data).into_owned());
+        }
+        let width = match kind {
+            1 | 2 | 4 => kind as usize,
+            _ => return None,
+        };
+        let data = self
+            .mem
+            .read_vec(obj + self.layout.unicode_compact_data, (chars * width).min(MAX_READ))
+            .ok()?;
+        Some(
+            data.chunks_exact(width)
+                .map(|c| {
+                    let cp = match width {
+                        1 => c[0] as u32,
+                        2 => u16::from_le_bytes([c[0], c[1]]) as u32,
+                        _ => u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    };
+                    char::from_u32(cp).unwrap_or('\u{fffd}')
+                })
+                .collect(),
+        )
+    }
+
+    /// Reads a `bytes` object's contents.
+    fn read_bytes(&self, obj: u64) -> Option<Vec<u8>> {
+        // C: ((PyVarObject *)obj)->ob_size, ((PyBytesObject *)obj)->ob_sval
+        let size = self.mem.read_i64(obj + 16).ok()?;
+        if !(0..=MAX_READ as i64).contains(&size) {
+            return None;
+        }
+        self.mem.read_vec(obj + 32, size as usize).ok()
+    }
+}

@@ -1,0 +1,244 @@
+//! One tracing session on one process: find its interpreter, register it with the kernel
+//! side, attach the allocator probes, keep symbolizing new stacks while the target runs, and
+//! build the report at the end. `trace` and `run` both drive a `Session`.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    aggregate::{self, ResolvedStack},
+    discovery::{self, Interpreter, TargetError},
+    model::{PythonInfo, Report},
+    probes::{self, AllocFn, LoadOptions, ProbeSite, Probes, Tables},
+    procmem::ProcMem,
+    python::{layout, symbolize::Symbolizer, target},
+};
+
+/// The allocator entry points probed, with what each does. Every allocation path of a
+/// CPython built with a shared libpython goes through one of these exported functions.
+pub const ALLOCATOR_FUNCTIONS: &[(&str, AllocFn)] = &[
+    ("PyObject_Malloc", AllocFn::Malloc),
+    ("PyObject_Calloc", AllocFn::Calloc),
+    ("PyObject_Realloc", AllocFn::Realloc),
+    ("PyObject_Free", AllocFn::Free),
+    ("PyMem_Malloc", AllocFn::Malloc),
+    ("PyMem_Calloc", AllocFn::Calloc),
+    ("PyMem_Realloc", AllocFn::Realloc),
+    ("PyMem_Free", AllocFn::Free),
+    ("PyMem_RawMalloc", AllocFn::Malloc),
+    ("PyMem_RawCalloc", AllocFn::Calloc),
+    ("PyMem_RawRealloc", AllocFn::Realloc),
+    ("PyMem_RawFree", AllocFn::Free),
+    ("Py_FinalizeEx", AllocFn::Finalize),
+];
+
+/// How often the background worker looks at STACKS for stacks whose ring-buffer
+/// announcement was lost.
+const RESCAN_EVERY: Duration = Duration::from_millis(500);
+
+pub struct Session {
+    pub pid: u32,
+    pub command: String,
+    pub python: PythonInfo,
+    probes: Probes,
+    tables: Arc<Tables>,
+    resolver: Arc<Mutex<Resolver>>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+    started: Instant,
+}
+
+/// Turns stack ids into symbolized frames as soon as they appear.
+struct Resolver {
+    pid: u32,
+    ring: RingBuf<MapData>,
+    tables: Arc<Tables>,
+    symbolizer: Symbolizer,
+    resolved: HashMap<u64, ResolvedStack>,
+    last_scan: Instant,
+}
+
+impl Session {
+    /// Attaches to a running process. Nothing in the target is stopped or modified.
+    pub fn attach(pid: u32, opts: LoadOptions) -> Result<Session> {
+        let interp = discovery::find_interpreter(pid)?;
+        let layout = layout::for_version(interp.version).ok_or_else(|| TargetError::UnsupportedVersion {
+            pid,
+            version: interp.version.to_string(),
+            supported: layout::supported_list(),
+        })?;
+        let py_target = target::build(&interp, layout)?;
+        let (sites, missing) = plan_sites(&interp);
+        if sites.is_empty() {
+            anyhow::bail!("{} exports none of CPython's allocator functions; nothing to probe", interp.path);
+        }
+        let (mut probes, tables, ring) = Probes::load(opts)?;
+        probes.add_target(pid, &py_target)?;
+        probes.attach(pid, &interp.host_path, &sites)?;
+
+        let code_type = interp
+            .image
+            .symbol("PyCode_Type")
+            .map(|s| s.vaddr + interp.bias)
+            .with_context(|| format!("{} has no PyCode_Type symbol", interp.path))?;
+        let tables = Arc::new(tables);
+        let resolver = Arc::new(Mutex::new(Resolver {
+            pid,
+            ring,
+            tables: tables.clone(),
+            symbolizer: Symbolizer::new(ProcMem::new(pid), layout, code_type),
+            resolved: HashMap::new(),
+            last_scan: Instant::now(),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = spawn_worker(resolver.clone(), stop.clone());
+        Ok(Session {
+            pid,
+            command: discovery::command_line(pid),
+            python: describe(&interp, &missing),
+            probes,
+            tables,
+            resolver,
+            stop,
+            worker: Some(worker),
+            started: Instant::now(),
+        })
+    }
+
+    /// Symbolizes every stack seen so far (call while the target's memory is readable).
+    pub fn sync(&self) {
+        let mut r = self.resolver.lock().expect("resolver poisoned");
+        r.drain(true);
+    }
+
+    /// Detaches and returns the raw report (all stacks, unshaped). `min_age` keeps only
+    /// blocks outstanding at least that long.
+    pub fn finish(mut self, min_age: Option<Duration>) -> Report {
+        let duration = self.started.elapsed();
+        if self.probes.finalizing(self.pid) {
+            self.python.notes.push(
+                "counting stopped when the interpreter began shutting down (Py_FinalizeEx): memory freed by shutdown is still shown as outstanding"
+                    .to_string(),
+            );
+        }
+        self.probes.detach(self.pid);
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        let mut resolver = self.resolver.lock().expect("resolver poisoned");
+        if discovery::process_exists(self.pid) {
+            resolver.drain(true);
+        }
+        let live = min_age.map(|age| {
+            let cutoff = monotonic_ns().saturating_sub(age.as_nanos() as u64);
+            self.tables.live_blocks(self.pid).into_iter().filter(|b| b.2 <= cutoff).collect::<Vec<_>>()
+        });
+        let counters = self.tables.counters();
+        tracing::debug!(pid = self.pid, ?counters, "kernel counters at the end of the trace");
+        aggregate::build(aggregate::Inputs {
+            pid: self.pid,
+            command: self.command.clone(),
+            python: self.python.clone(),
+            duration,
+            stats: self.tables.stack_stats(self.pid),
+            live,
+            counters,
+            resolved: &resolver.resolved,
+        })
+    }
+}
+
+/// Where to probe: each allocator function the interpreter file defines.
+fn plan_sites(interp: &Interpreter) -> (Vec<ProbeSite>, Vec<&'static str>) {
+    let mut sites = Vec::new();
+    let mut missing = Vec::new();
+    for &(name, kind) in ALLOCATOR_FUNCTIONS {
+        match interp.image.symbol(name).and_then(|s| interp.image.vaddr_to_offset(s.vaddr)) {
+            Some(file_offset) => sites.push(ProbeSite { function: name.to_string(), kind, file_offset }),
+            None if kind == AllocFn::Finalize => {} // only sharpens end-of-run numbers
+            None => missing.push(name),
+        }
+    }
+    (sites, missing)
+}
+
+fn describe(interp: &Interpreter, missing: &[&str]) -> PythonInfo {
+    let mut notes = vec![
+        "objects reused from CPython's free lists (floats, small tuples, frames, ...) never reach the allocator and are not counted"
+            .to_string(),
+    ];
+    if !missing.is_empty() {
+        notes.push(format!("not probed (absent from {}): {}", interp.path, missing.join(", ")));
+    }
+    PythonInfo {
+        version: interp.version.to_string(),
+        executable: interp.path.clone(),
+        coverage: if missing.is_empty() { "full" } else { "partial" }.to_string(),
+        notes,
+    }
+}
+
+fn spawn_worker(resolver: Arc<Mutex<Resolver>>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let fd = probes::ring_fd(&resolver.lock().expect("resolver poisoned").ring);
+    std::thread::Builder::new()
+        .name("pyleak-symbolize".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd; the ring buffer outlives this thread (joined first).
+                unsafe { libc::poll(&mut pfd, 1, 100) };
+                let mut r = resolver.lock().expect("resolver poisoned");
+                let rescan = r.last_scan.elapsed() >= RESCAN_EVERY;
+                r.drain(rescan);
+            }
+        })
+        .expect("spawning the symbolizer thread")
+}
+
+impl Resolver {
+    /// Symbolizes announced stacks; with `rescan`, also any in the map not yet resolved.
+    fn drain(&mut self, rescan: bool) {
+        let mut ids = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if let Some(ev) = probes::parse_new_stack(&item)
+                && ev.tgid == self.pid
+            {
+                ids.push(ev.stack_id);
+            }
+        }
+        if rescan {
+            self.last_scan = Instant::now();
+            ids.extend(self.tables.stack_ids());
+        }
+        for id in ids {
+            if self.resolved.contains_key(&id) {
+                continue;
+            }
+            let Some(st) = self.tables.stack(id) else { continue };
+            if st.tgid != self.pid {
+                continue;
+            }
+            let n = (st.len as usize).min(st.code.len());
+            let frames = (0..n).map(|i| self.symbolizer.frame(st.code[i], st.instr[i])).collect();
+            self.resolved.insert(id, ResolvedStack { frames, flags: st.flags });
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
