@@ -66,7 +66,6 @@ pub enum Linkage {
 
 /// The interpreter found in a process.
 pub struct Interpreter {
-    pub pid: u32,
     /// The file holding the runtime, as the target names it.
     pub path: String,
     /// A path that reaches the same file from pyleak's mount namespace.
@@ -162,7 +161,7 @@ pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
     let bias = load_bias(&maps, &path, &image)
         .with_context(|| format!("{path} is not mapped at file offset 0 in pid {pid}"))?;
     let version = detect_version(&image, &path)?;
-    Ok(Interpreter { pid, path, host_path: host, image, bias, linkage, version })
+    Ok(Interpreter { path, host_path: host, image, bias, linkage, version })
 }
 
 /// Load bias: where the file's first page is mapped, minus its link-time address.

@@ -1,6 +1,6 @@
 //! What pyleak needs from an ELF file on disk: symbol addresses (dynamic and full symbol
 //! tables), file offsets for uprobes, constant data, and the TLS facts of a shared library.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use object::{
@@ -13,10 +13,8 @@ use object::{
 #[derive(Clone, Copy, Debug)]
 pub struct Segment {
     pub vaddr: u64,
-    pub memsz: u64,
     pub offset: u64,
     pub filesz: u64,
-    pub executable: bool,
 }
 
 /// A symbol's virtual address and size, as linked (add the load bias for runtime).
@@ -28,18 +26,14 @@ pub struct Symbol {
 
 /// An ELF file read fully into memory, with its symbols indexed by name.
 pub struct ElfImage {
-    pub path: PathBuf,
     data: Vec<u8>,
     segments: Vec<Segment>,
     symbols: std::collections::HashMap<String, Symbol>,
     tls_symbols: std::collections::HashMap<String, Symbol>,
-    /// Whether the full symbol table (`.symtab`) was present (not stripped).
-    pub has_symtab: bool,
     /// GOT slots filled with a TLS module id (`R_X86_64_DTPMOD64`) for this module.
     pub dtpmod_slots: Vec<u64>,
     /// The PT_TLS segment's memory size and alignment, if any.
     pub tls_segment: Option<(u64, u64)>,
-    pub is_pie_or_shared: bool,
     /// DT_NEEDED entries.
     pub needed: Vec<String>,
 }
@@ -47,10 +41,10 @@ pub struct ElfImage {
 impl ElfImage {
     pub fn open(path: &Path) -> Result<ElfImage> {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(path.to_path_buf(), data)
+        Self::parse(path, data)
     }
 
-    pub fn parse(path: PathBuf, data: Vec<u8>) -> Result<ElfImage> {
+    pub fn parse(path: &Path, data: Vec<u8>) -> Result<ElfImage> {
         let file = ElfFile64::<object::Endianness>::parse(&*data)
             .map_err(|e| anyhow!("{} is not a 64-bit ELF file: {e}", path.display()))?;
         let endian = file.endian();
@@ -61,10 +55,8 @@ impl ElfImage {
             if kind == PT_LOAD {
                 segments.push(Segment {
                     vaddr: ph.p_vaddr(endian),
-                    memsz: ph.p_memsz(endian),
                     offset: ph.p_offset(endian),
                     filesz: ph.p_filesz(endian),
-                    executable: ph.p_flags(endian) & object::elf::PF_X != 0,
                 });
             } else if kind == PT_TLS {
                 tls_segment = Some((ph.p_memsz(endian), ph.p_align(endian).max(1)));
@@ -87,7 +79,6 @@ impl ElfImage {
         for sym in file.dynamic_symbols() {
             add(sym);
         }
-        let has_symtab = file.section_by_name(".symtab").is_some();
         for sym in file.symbols() {
             add(sym);
         }
@@ -103,19 +94,8 @@ impl ElfImage {
             }
         }
         let needed = dynamic_needed(&file).unwrap_or_default();
-        let is_pie_or_shared = file.elf_header().e_type.get(endian) == object::elf::ET_DYN;
-        Ok(ElfImage {
-            path,
-            segments,
-            symbols,
-            tls_symbols,
-            has_symtab,
-            dtpmod_slots,
-            tls_segment,
-            is_pie_or_shared,
-            needed,
-            data,
-        })
+        drop(file);
+        Ok(ElfImage { data, segments, symbols, tls_symbols, dtpmod_slots, tls_segment, needed })
     }
 
     pub fn symbol(&self, name: &str) -> Option<Symbol> {
@@ -124,10 +104,6 @@ impl ElfImage {
 
     pub fn tls_symbol(&self, name: &str) -> Option<Symbol> {
         self.tls_symbols.get(name).copied()
-    }
-
-    pub fn segments(&self) -> &[Segment] {
-        &self.segments
     }
 
     /// File offset of a virtual address (what uprobes take).
@@ -142,13 +118,6 @@ impl ElfImage {
     pub fn read_at(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
         let off = self.vaddr_to_offset(vaddr)? as usize;
         self.data.get(off..off.checked_add(len)?)
-    }
-
-    /// Bytes of a named section.
-    pub fn section_data(&self, name: &str) -> Option<(u64, &[u8])> {
-        let file = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
-        let section = file.section_by_name(name)?;
-        Some((section.address(), section.data().ok()?))
     }
 
     /// The link-time address the file expects at file offset `offset` (to compute the load
@@ -167,7 +136,7 @@ fn dynamic_needed(file: &ElfFile64<'_, object::Endianness>) -> Option<Vec<String
     let data = section.data().ok()?;
     let strtab = file.section_by_name(".dynstr")?.data().ok()?;
     let mut out = Vec::new();
-    for entry in data.chunks_exact(16) {
+    for entry in data.as_chunks::<16>().0 {
         let tag = endian.read_u64_bytes(entry[0..8].try_into().ok()?);
         let val = endian.read_u64_bytes(entry[8..16].try_into().ok()?);
         if tag == object::elf::DT_NULL as u64 {
@@ -192,14 +161,13 @@ mod tests {
     fn reads_own_executable() {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let img = ElfImage::open(&exe).unwrap();
-        assert!(!img.segments().is_empty());
-        assert!(img.segments().iter().any(|s| s.executable));
+        assert!(!img.segments.is_empty());
         assert!(img.needed.iter().any(|n| n.starts_with("libc.so")), "{:?}", img.needed);
     }
 
     #[test]
     fn not_elf_is_a_clear_error() {
-        let err = ElfImage::parse("/x".into(), b"#!/bin/sh\n".to_vec()).err().unwrap();
+        let err = ElfImage::parse(Path::new("/x"), b"#!/bin/sh\n".to_vec()).err().unwrap();
         assert!(err.to_string().contains("not a 64-bit ELF"), "{err}");
     }
 }

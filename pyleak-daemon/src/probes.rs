@@ -197,10 +197,10 @@ impl Probes {
     /// Detaches everything attached for `pid` and forgets it on the kernel side.
     pub fn detach(&mut self, pid: u32) {
         for (name, id) in self.links.remove(&pid).unwrap_or_default() {
-            if let Ok(prog) = program(&mut self.ebpf, name) {
-                if let Err(e) = prog.detach(id) {
-                    tracing::warn!(pid, program = name, "detaching: {e}");
-                }
+            if let Ok(prog) = program(&mut self.ebpf, name)
+                && let Err(e) = prog.detach(id)
+            {
+                tracing::warn!(pid, program = name, "detaching: {e}");
             }
         }
         let _ = self.targets.remove(&pid);

@@ -15,10 +15,6 @@ impl ProcMem {
         ProcMem { pid }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
     /// Fills `buf` from `addr`; fails unless every byte was read.
     pub fn read_exact(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         if buf.is_empty() {
@@ -53,12 +49,6 @@ impl ProcMem {
         Ok(u64::from_le_bytes(b))
     }
 
-    pub fn read_u32(&self, addr: u64) -> io::Result<u32> {
-        let mut b = [0u8; 4];
-        self.read_exact(addr, &mut b)?;
-        Ok(u32::from_le_bytes(b))
-    }
-
     pub fn read_i64(&self, addr: u64) -> io::Result<i64> {
         Ok(self.read_u64(addr)? as i64)
     }
@@ -73,7 +63,7 @@ mod tests {
         let data: [u64; 2] = [0x1122_3344_5566_7788, 42];
         let mem = ProcMem::new(std::process::id());
         assert_eq!(mem.read_u64(data.as_ptr() as u64).unwrap(), 0x1122_3344_5566_7788);
-        assert_eq!(mem.read_u32(&data[1] as *const u64 as u64).unwrap(), 42);
+        assert_eq!(mem.read_vec(&data[1] as *const u64 as u64, 1).unwrap(), [42]);
     }
 
     #[test]

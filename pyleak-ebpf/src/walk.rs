@@ -85,7 +85,7 @@ pub fn walk(tgid: u32, t: &PyTarget, st: &mut StackTrace) -> u64 {
     st.len = 0;
     st.flags = 0;
     st._pad = 0;
-    let mut hash = mix(0xcbf2_9ce4_8422_2325, tgid as u64);
+    let hash = mix(0xcbf2_9ce4_8422_2325, tgid as u64);
 
     let tstate = match current_tstate(t) {
         Ok(0) => {

@@ -23,10 +23,6 @@ pub enum TstateSource {
 /// How a frame's bytecode position converts to a byte offset for the line table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstrUnit {
-    /// `f_lasti` in bytes (3.8–3.9).
-    LastiBytes,
-    /// `f_lasti` in 2-byte code units (3.10).
-    LastiCodeUnits,
     /// Instruction pointer minus the code object's address; subtract `co_code_adaptive`.
     PointerFromCode,
 }
@@ -136,8 +132,6 @@ impl Layout {
     /// Byte offset into the bytecode for the line table, from a frame's recorded position.
     pub fn bytecode_offset(&self, instr: u32) -> Option<u32> {
         match self.instr_unit {
-            InstrUnit::LastiBytes => Some(instr),
-            InstrUnit::LastiCodeUnits => instr.checked_mul(2),
             InstrUnit::PointerFromCode => instr.checked_sub(self.co_code_adaptive as u32),
         }
     }

@@ -1,0 +1,212 @@
+// `pyleak run [REPORT OPTIONS] -- CMD`: pyleak starts run_leak.py itself,
+// traces it from its first allocation until it exits, and reports; and the
+// report options (--group-by/--top, --frames, --min-age, --include/--exclude,
+// the default table format on stdout), once per interpreter of
+// PYTHON_VERSIONS. Also that the demo app (demo/leaky_service.py) still shows
+// its leak.
+
+use std::ffi::OsStr;
+
+use pyleak_e2e::{
+    Python, Report, assert_between, demo_script, for_each_python, leak_bounds, marker_line, pyleak,
+    run_report, script, script_const,
+};
+
+const SCRIPT: &str = "run_leak.py";
+
+/// `pyleak run --format json -o FILE REPORT_ARGS... -- python run_leak.py`.
+fn run_leak(python: &Python, report_args: &[&str]) -> Report {
+    run_report(python, &script(SCRIPT), &[], report_args)
+}
+
+fn leak_line() -> u32 {
+    marker_line(&script(SCRIPT), "LEAK")
+}
+
+/// The whole leak of run_leak.py (it starts leaking at once), from its constants.
+fn leak_bytes_bounds() -> (u64, u64) {
+    let path = script(SCRIPT);
+    leak_bounds(
+        script_const(&path, "LEAK_COUNT"),
+        script_const(&path, "LEAK_SIZE"),
+    )
+}
+
+fn assert_top_is_leak(report: &Report) {
+    let leak = leak_line();
+    let top = report.top();
+    assert!(
+        top.is_at(SCRIPT, leak),
+        "the top stack is not at {SCRIPT}:{leak}\n{report}"
+    );
+    assert_eq!(
+        top.frames[0].function, "leak",
+        "frames[0].function\n{report}"
+    );
+}
+
+/// Exit 0; the top stack is the leak with all of its bytes (so tracing
+/// started before the script's first allocation), the freed churn is not
+/// in the top 3, and `command` names the script.
+#[test]
+fn run_reports_the_leak() {
+    for_each_python(|python| {
+        let report = run_leak(python, &[]);
+        report.check_contract(python, None);
+        assert_top_is_leak(&report);
+        let (low, high) = leak_bytes_bounds();
+        assert_between(
+            report.top().outstanding_bytes,
+            low,
+            high,
+            "leak bytes",
+            &report,
+        );
+        let churn = marker_line(&script(SCRIPT), "CHURN");
+        let top_bytes = report.top().outstanding_bytes;
+        for (rank, stack) in report.stacks().iter().enumerate().take(3) {
+            assert!(
+                !stack.is_at(SCRIPT, churn) || stack.outstanding_bytes * 20 <= top_bytes,
+                "stack #{rank} at the CHURN line holds more than 5% of the leak\n{report}"
+            );
+        }
+        assert!(
+            report.json.command.contains(SCRIPT),
+            "`command` does not name {SCRIPT}\n{report}"
+        );
+    });
+}
+
+/// `--group-by line --top 1`: exactly one stack, the leak's line, with all
+/// of its bytes.
+#[test]
+fn run_group_by_line_top_1() {
+    for_each_python(|python| {
+        let report = run_leak(python, &["--group-by", "line", "--top", "1"]);
+        report.check_contract(python, None);
+        assert_eq!(
+            report.stacks().len(),
+            1,
+            "--top 1 should give exactly one stack\n{report}"
+        );
+        assert!(
+            report.top().is_at(SCRIPT, leak_line()),
+            "the one stack is not the leak's line\n{report}"
+        );
+        let (low, high) = leak_bytes_bounds();
+        assert_between(
+            report.top().outstanding_bytes,
+            low,
+            high,
+            "leak bytes",
+            &report,
+        );
+    });
+}
+
+/// `--frames 1`: no stack has more than one frame, and the leak still tops.
+#[test]
+fn run_frames_limit() {
+    for_each_python(|python| {
+        let report = run_leak(python, &["--frames", "1"]);
+        report.check_contract(python, None);
+        for (rank, stack) in report.stacks().iter().enumerate() {
+            assert!(
+                stack.frames.len() <= 1,
+                "stack #{rank} has {} frames with --frames 1\n{report}",
+                stack.frames.len()
+            );
+        }
+        assert_top_is_leak(&report);
+    });
+}
+
+/// `--min-age 3600`: nothing in a run of a second has been outstanding for
+/// an hour, so no stacks.
+#[test]
+fn run_min_age_filters_young_allocations() {
+    for_each_python(|python| {
+        let report = run_leak(python, &["--min-age", "3600"]);
+        report.check_contract(python, None);
+        assert!(
+            report.stacks().is_empty(),
+            "--min-age 3600 should leave no stacks\n{report}"
+        );
+    });
+}
+
+/// `--exclude GLOB`: no frame in the report is in run_leak.py;
+/// `--include GLOB`: every stack has a frame in run_leak.py (whether the
+/// filters drop stacks or frames), and the leak tops.
+#[test]
+fn run_include_exclude() {
+    const GLOB: &str = "**/run_leak.py";
+    for_each_python(|python| {
+        let report = run_leak(python, &["--exclude", GLOB]);
+        report.check_contract(python, None);
+        for (rank, stack) in report.stacks().iter().enumerate() {
+            assert!(
+                stack.frames.iter().all(|f| f.basename() != SCRIPT),
+                "stack #{rank} has a frame in {SCRIPT} despite --exclude {GLOB}\n{report}"
+            );
+        }
+
+        let report = run_leak(python, &["--include", GLOB]);
+        report.check_contract(python, None);
+        for (rank, stack) in report.stacks().iter().enumerate() {
+            assert!(
+                stack.frames.iter().any(|f| f.basename() == SCRIPT),
+                "stack #{rank} has no frame in {SCRIPT} despite --include {GLOB}\n{report}"
+            );
+        }
+        assert_top_is_leak(&report);
+    });
+}
+
+/// Without --format and -o: exit 0 and a table on stdout that names the
+/// script.
+#[test]
+fn run_table_format_to_stdout() {
+    for_each_python(|python| {
+        let path = script(SCRIPT);
+        let finished = pyleak([
+            OsStr::new("run"),
+            OsStr::new("--"),
+            python.path.as_os_str(),
+            path.as_os_str(),
+        ]);
+        assert_eq!(
+            finished.status.code(),
+            Some(0),
+            "{python}: want exit 0\n{finished}"
+        );
+        assert!(
+            finished.stdout.contains(SCRIPT),
+            "{python}: the table does not name {SCRIPT}\n{finished}"
+        );
+    });
+}
+
+/// The demo app, served for 2 s: the top stack is a page rendered in
+/// render_page, called from Service.handle at the line marked `# the leak`.
+#[test]
+fn run_demo_service_shows_the_leak() {
+    for_each_python(|python| {
+        let demo = demo_script();
+        let leak = marker_line(&demo, "the leak");
+        let report = run_report(python, &demo, &["--seconds", "2"], &[]);
+        report.check_contract(python, None);
+        let top = report.top();
+        assert_eq!(
+            top.frames[0].function, "render_page",
+            "frames[0] of the top stack\n{report}"
+        );
+        let caller = top.frames.get(1);
+        assert!(
+            caller.is_some_and(
+                |f| f.qualname == "Service.handle" && f.is_at("leaky_service.py", leak)
+            ),
+            "frames[1] of the top stack should be Service.handle at leaky_service.py:{leak}\n{report}"
+        );
+    });
+}

@@ -1,0 +1,317 @@
+// `pyleak trace --pid PID` on live CPython processes, once per interpreter of
+// PYTHON_VERSIONS: leak accuracy against tracemalloc (bytes, block count and
+// the exact Python stack), leaks made through realloc and calloc, frees of
+// allocations made before pyleak attached, per-thread stacks, a target that
+// exits during the trace, and --duration ending a trace by itself.
+//
+// Scenarios are tests/scripts/*.py (protocol in scenario.py); line numbers
+// come from their marker comments, sizes from their constants.
+
+use std::time::{Duration, Instant};
+
+use pyleak_e2e::{
+    Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds, marker_line,
+    script, script_const, trace_scenario, tracemalloc_truth,
+};
+
+/// leak_basic.py: the top stack is the leak, with tracemalloc's bytes and
+/// block count (±10%), the whole stack innermost first, and the churn of
+/// same-sized objects that are all freed does not show up.
+#[test]
+fn trace_leak_basic_stack_and_bytes() {
+    for_each_python(|python| {
+        let path = script("leak_basic.py");
+        let leak = marker_line(&path, "LEAK");
+        let churn = marker_line(&path, "CHURN");
+        let expected_stack = [
+            ("leak", "leak", "leak_basic.py", leak),
+            (
+                "work",
+                "work",
+                "leak_basic.py",
+                marker_line(&path, "CALL-LEAK"),
+            ),
+            (
+                "run",
+                "run",
+                "scenario.py",
+                marker_line(&script("scenario.py"), "WORK"),
+            ),
+            (
+                "<module>",
+                "<module>",
+                "leak_basic.py",
+                marker_line(&path, "MAIN"),
+            ),
+        ];
+        let truth = tracemalloc_truth(python, "leak_basic.py").marker("LEAK");
+
+        let report = trace_scenario(python, "leak_basic.py", &[]);
+
+        let top = report.top();
+        assert!(
+            top.is_at("leak_basic.py", leak),
+            "the top stack is not at leak_basic.py:{leak}\n{report}"
+        );
+        let frames: Vec<_> = top
+            .frames
+            .iter()
+            .map(|f| {
+                (
+                    f.function.as_str(),
+                    f.qualname.as_str(),
+                    f.basename(),
+                    f.line,
+                )
+            })
+            .collect();
+        assert_eq!(
+            frames, expected_stack,
+            "the leak's stack, innermost first\n{report}"
+        );
+        assert_close(
+            top.outstanding_bytes,
+            truth.bytes,
+            10,
+            "outstanding bytes of the leak",
+            &report,
+        );
+        assert_close(
+            top.outstanding_allocations,
+            truth.blocks,
+            10,
+            "outstanding allocations of the leak",
+            &report,
+        );
+        for (rank, stack) in report.stacks().iter().enumerate().take(3) {
+            assert!(
+                !stack.is_at("leak_basic.py", churn)
+                    || stack.outstanding_bytes * 20 <= top.outstanding_bytes,
+                "stack #{rank} at the CHURN line (leak_basic.py:{churn}) holds {} bytes, more than 5% \
+                 of the leak's {}: freed churn counted as outstanding\n{report}",
+                stack.outstanding_bytes,
+                top.outstanding_bytes
+            );
+        }
+    });
+}
+
+/// realloc_calloc.py: bytearrays grown with `+=` (PyObject_Realloc, large
+/// and pymalloc-sized) and `bytes(n)` (PyObject_Calloc) are reported at
+/// their lines with the bytes the script's constants give (+10% and 4 KiB at
+/// most), one outstanding block per kept object (a realloc replaces its
+/// block, it does not add one).
+#[test]
+fn trace_realloc_and_calloc() {
+    for_each_python(|python| {
+        let path = script("realloc_calloc.py");
+        let c = |name| script_const(&path, name);
+        let cases = [
+            (
+                "REALLOC",
+                "grow_large",
+                c("REALLOC_BUFFERS"),
+                c("REALLOC_STEPS") * c("REALLOC_CHUNK"),
+            ),
+            (
+                "REALLOC-SMALL",
+                "grow_small",
+                c("SMALL_BUFFERS"),
+                c("SMALL_STEPS") * c("SMALL_CHUNK"),
+            ),
+            ("CALLOC", "zeroed", c("CALLOC_OBJECTS"), c("CALLOC_SIZE")),
+        ];
+
+        let report = trace_scenario(python, "realloc_calloc.py", &[]);
+
+        for (marker, function, count, size) in cases {
+            let line = marker_line(&path, marker);
+            let stack = report.expect_stack_at("realloc_calloc.py", line);
+            assert_eq!(
+                stack.frames[0].function, function,
+                "{marker}: frames[0].function\n{report}"
+            );
+            let expected = count * size;
+            let bytes = report.bytes_at("realloc_calloc.py", line);
+            assert_between(
+                bytes,
+                expected,
+                expected * 11 / 10 + 4096,
+                &format!("{marker} bytes"),
+                &report,
+            );
+            let blocks: u64 = report
+                .stacks_at("realloc_calloc.py", line)
+                .iter()
+                .map(|(_, s)| s.outstanding_allocations)
+                .sum();
+            // +2: the list that keeps the objects may grow on the same line.
+            assert_between(
+                blocks,
+                count,
+                count + 2,
+                &format!("{marker} outstanding allocations"),
+                &report,
+            );
+        }
+    });
+}
+
+/// preexisting.py: 200k objects allocated before pyleak attached and freed
+/// during the trace leave no trace (no stack at their line, no wrapped or
+/// negative totals), and the small leak made after them is reported.
+#[test]
+fn trace_ignores_preexisting_allocations() {
+    for_each_python(|python| {
+        let path = script("preexisting.py");
+        let before = marker_line(&path, "BEFORE");
+        let after = marker_line(&path, "AFTER");
+        let (low, high) = leak_bounds(
+            script_const(&path, "AFTER_COUNT"),
+            script_const(&path, "AFTER_SIZE"),
+        );
+
+        let report = trace_scenario(python, "preexisting.py", &[]);
+
+        assert!(
+            report.stacks_at("preexisting.py", before).is_empty(),
+            "a stack at the BEFORE line (preexisting.py:{before}), allocated before the trace\n{report}"
+        );
+        report.expect_stack_at("preexisting.py", after);
+        assert_between(
+            report.bytes_at("preexisting.py", after),
+            low,
+            high,
+            "AFTER bytes",
+            &report,
+        );
+        // check_contract (in trace_scenario) already bounds every total below 2^62.
+        assert!(
+            report.json.totals.outstanding_bytes >= low,
+            "totals.outstanding_bytes is below the AFTER leak ({low})\n{report}"
+        );
+    });
+}
+
+/// threads.py: two threads leaking concurrently each get their own stack
+/// (LEAK-A under leak_a and Thread.run, never leak_b; and vice versa) with
+/// tracemalloc's bytes (±10%).
+#[test]
+fn trace_threads_have_their_own_stacks() {
+    for_each_python(|python| {
+        let path = script("threads.py");
+        let truth = tracemalloc_truth(python, "threads.py");
+
+        let report = trace_scenario(python, "threads.py", &[]);
+
+        for (marker, own, other) in [
+            ("LEAK-A", "leak_a", "leak_b"),
+            ("LEAK-B", "leak_b", "leak_a"),
+        ] {
+            let line = marker_line(&path, marker);
+            let stack = report.expect_stack_at("threads.py", line);
+            assert_eq!(
+                stack.frames[0].function, own,
+                "{marker}: frames[0].function\n{report}"
+            );
+            assert!(
+                !stack.has_function(other),
+                "the {marker} stack goes through {other}\n{report}"
+            );
+            let caller = stack.frames.get(1);
+            assert!(
+                caller
+                    .is_some_and(|f| f.qualname == "Thread.run" && f.basename() == "threading.py"),
+                "{marker}: frames[1] should be Thread.run in threading.py\n{report}"
+            );
+            assert_close(
+                stack.outstanding_bytes,
+                truth.marker(marker).bytes,
+                10,
+                &format!("{marker} bytes"),
+                &report,
+            );
+        }
+        for (rank, stack) in report.stacks().iter().enumerate() {
+            assert!(
+                !(stack.has_function("leak_a") && stack.has_function("leak_b")),
+                "stack #{rank} mixes both threads' functions\n{report}"
+            );
+        }
+    });
+}
+
+/// exits_midway.py: the target exits by itself during the trace; pyleak
+/// still exits 0, says `exited during the trace` on stderr, and reports the
+/// leak made before the exit.
+#[test]
+fn trace_target_exits_midway() {
+    for_each_python(|python| {
+        let path = script("exits_midway.py");
+        let leak = marker_line(&path, "LEAK");
+        let (low, high) = leak_bounds(
+            script_const(&path, "LEAK_COUNT"),
+            script_const(&path, "LEAK_SIZE"),
+        );
+
+        let mut target = Target::ready(python, "exits_midway.py");
+        let pid = target.pid();
+        let mut tracer = Tracer::start(pid, &[]);
+        tracer.wait_attached();
+        target.send("go");
+        target.wait_for_line("done");
+        let status = target.wait_exit(Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "exits_midway.py failed: {status}\n{}",
+            target.output()
+        );
+        let mut report = tracer.stop_after_target_exit(Duration::from_secs(15));
+        report.context = format!("{python}, exits_midway.py: {}", report.context);
+
+        assert!(
+            report.stderr.contains("exited during the trace"),
+            "no `exited during the trace` on stderr\n{report}"
+        );
+        report.check_contract(python, Some(pid));
+        report.expect_stack_at("exits_midway.py", leak);
+        assert_between(
+            report.bytes_at("exits_midway.py", leak),
+            low,
+            high,
+            "leak bytes",
+            &report,
+        );
+    });
+}
+
+/// `--duration 5` ends the trace by itself (no SIGINT) after about 5 s,
+/// exit 0, and the leak made meanwhile is in the report.
+#[test]
+fn trace_duration_ends_trace() {
+    for_each_python(|python| {
+        let leak = marker_line(&script("leak_basic.py"), "LEAK");
+
+        let mut target = Target::ready(python, "leak_basic.py");
+        let started = Instant::now();
+        let mut tracer = Tracer::start(target.pid(), &["--duration", "5"]);
+        tracer.wait_attached();
+        target.send("go");
+        target.wait_for_line("done");
+        let mut report = tracer.finish(Duration::from_secs(60));
+        let elapsed = started.elapsed();
+        report.context = format!("{python}, leak_basic.py: {}", report.context);
+
+        report.check_contract(python, Some(target.pid()));
+        assert!(
+            elapsed >= Duration::from_millis(4900),
+            "pyleak ended after {elapsed:?}, before --duration 5\n{report}"
+        );
+        let duration = report.json.duration_s;
+        assert!(
+            (4.5..=30.0).contains(&duration),
+            "duration_s is {duration}, want about 5\n{report}"
+        );
+        report.expect_stack_at("leak_basic.py", leak);
+    });
+}
