@@ -14,7 +14,7 @@ pub const DEFAULT_MAX_DEPTH: u32 = 64;
 /// Default capacity of [`MAP_LIVE_ALLOCS`] (outstanding allocations across all targets).
 pub const DEFAULT_MAX_LIVE_ALLOCS: u32 = 1 << 20;
 /// Default capacity of [`MAP_STACKS`] (distinct interned stacks).
-/// Each entry is about 1.6 KiB of kernel memory once used (not preallocated). Import-heavy
+/// Each entry is about 2 KiB of kernel memory once used (not preallocated). Import-heavy
 /// start-ups alone can make over 16K distinct stacks.
 pub const DEFAULT_MAX_STACKS: u32 = 32 * 1024;
 /// Capacity of [`MAP_INFLIGHT`]: threads inside an allocator call at the same moment.
@@ -129,6 +129,11 @@ pub struct StackTrace {
     /// `f_lasti` (3.8–3.10), or the byte distance from the code object's address to the
     /// frame's instruction pointer (3.11+; the user side subtracts `co_code_adaptive`).
     pub instr: [u32; MAX_FRAMES],
+    /// Each frame's `co_firstlineno` as read at capture time. Code objects are freed and their
+    /// addresses reused (module bodies right after import); the user side names a frame only
+    /// if the code object it finds still has this first line, and the stack id covers it, so
+    /// two different code objects at one address never share a stack.
+    pub first_line: [u32; MAX_FRAMES],
 }
 
 /// Record in [`MAP_NEW_STACKS`].
@@ -214,11 +219,12 @@ pub struct PyTarget {
     pub frame_owner: i32,
     /// Frames whose owner is at least this are C-stack shims, not Python code; skipped.
     pub owner_skip_min: u32,
+    /// Offset of `co_firstlineno` in a code object.
+    pub code_first_line: i32,
     /// Set to 1 by the kernel side when the interpreter enters `Py_FinalizeEx`: from then on
     /// the process's allocations and frees are ignored, so the report shows what the program
     /// left allocated when it finished, not what shutdown tore down.
     pub finalizing: u32,
-    pub _pad: u32,
 }
 
 /// Indices into [`MAP_COUNTERS`]. Every failure the kernel side can meet is counted; the

@@ -129,7 +129,7 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "N", default_value_t = pyleak_common::DEFAULT_MAX_LIVE_ALLOCS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocations: u32,
-    /// Most distinct stacks kept (about 1.6 KiB each when used).
+    /// Most distinct stacks kept (about 2 KiB of kernel memory each, allocated as used).
     #[arg(long, value_name = "N", default_value_t = pyleak_common::DEFAULT_MAX_STACKS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stacks: u32,

@@ -18,7 +18,8 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// A frame that could not be symbolized (the code object was gone or unreadable).
+    /// A frame that could not be symbolized: its code object was freed (or replaced at the
+    /// same address) before pyleak read it, or was unreadable.
     pub fn unknown(code_addr: u64) -> Frame {
         Frame {
             function: format!("<unknown code {code_addr:#x}>"),

@@ -229,7 +229,8 @@ impl Resolver {
                 continue;
             }
             let n = (st.len as usize).min(st.code.len());
-            let frames = (0..n).map(|i| self.symbolizer.frame(st.code[i], st.instr[i])).collect();
+            let frames =
+                (0..n).map(|i| self.symbolizer.frame(st.code[i], st.instr[i], st.first_line[i])).collect();
             self.resolved.insert(id, ResolvedStack { frames, flags: st.flags });
         }
     }

@@ -161,13 +161,16 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     match read_frame(t, w.frame) {
-        Ok((back, Some((code, instr)))) => {
+        Ok((back, Some((code, instr, first_line)))) => {
             let i = w.n as usize;
-            if let (Some(c), Some(p)) = (st.code.get_mut(i), st.instr.get_mut(i)) {
+            if let (Some(c), Some(p), Some(f)) =
+                (st.code.get_mut(i), st.instr.get_mut(i), st.first_line.get_mut(i))
+            {
                 *c = code;
                 *p = instr;
+                *f = first_line;
                 w.n += 1;
-                w.hash = mix(mix(w.hash, code), instr as u64);
+                w.hash = mix(mix(w.hash, code), ((first_line as u64) << 32) | instr as u64);
             }
             w.frame = back;
             0
@@ -184,9 +187,9 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// One frame: its caller, and its (code, position) unless it is a shim to skip.
+/// One frame: its caller, and its (code, position, first line) unless it is a shim to skip.
 #[inline(always)]
-fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32)>), ()> {
+fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>), ()> {
     let back: u64 = read(at(frame, t.frame_back))?;
     if t.frame_owner != ABSENT {
         // C (3.12+): frame->owner >= FRAME_OWNED_BY_CSTACK marks an entry shim.
@@ -205,5 +208,7 @@ fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32)>), ()>
         // code object so that it fits in 32 bits.
         read::<u64>(at(frame, t.frame_instr))?.wrapping_sub(code) as u32
     };
-    Ok((back, Some((code, instr))))
+    // C: code->co_firstlineno, the fingerprint of this code object.
+    let first_line = read::<u32>(at(code, t.code_first_line))?;
+    Ok((back, Some((code, instr, first_line))))
 }

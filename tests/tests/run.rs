@@ -7,7 +7,7 @@
 
 use std::ffi::OsStr;
 
-use pyleak_e2e::{
+use pyleak_e2e::{KillOnDrop, Tracer, 
     Python, Report, assert_between, demo_script, for_each_python, leak_bounds, marker_line, pyleak,
     run_report, script, script_const,
 };
@@ -187,25 +187,29 @@ fn run_table_format_to_stdout() {
     });
 }
 
-/// The demo app, served for 2 s: the top stack is a page rendered in
-/// render_page, called from Service.handle at the line marked `# the leak`.
+/// The demo as `cargo xtask demo` runs it: the service is started, pyleak
+/// attaches to it while it serves and traces for a few seconds. The top stack
+/// is a page rendered in render_page, called from Service.handle at the line
+/// marked `# the leak`.
 #[test]
-fn run_demo_service_shows_the_leak() {
+fn trace_demo_service_shows_the_leak() {
     for_each_python(|python| {
         let demo = demo_script();
         let leak = marker_line(&demo, "the leak");
-        let report = run_report(python, &demo, &["--seconds", "2"], &[]);
+        let service = KillOnDrop::spawn(
+            python.path.to_str().expect("utf-8 path"),
+            &[demo.to_str().expect("utf-8 path"), "--seconds", "30"],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let mut tracer = Tracer::start(service.pid(), &["--duration", "4"]);
+        tracer.wait_attached();
+        let report = tracer.finish(std::time::Duration::from_secs(120));
         report.check_contract(python, None);
         let top = report.top();
-        assert_eq!(
-            top.frames[0].function, "render_page",
-            "frames[0] of the top stack\n{report}"
-        );
+        assert_eq!(top.frames[0].function, "render_page", "frames[0] of the top stack\n{report}");
         let caller = top.frames.get(1);
         assert!(
-            caller.is_some_and(
-                |f| f.qualname == "Service.handle" && f.is_at("leaky_service.py", leak)
-            ),
+            caller.is_some_and(|f| f.qualname == "Service.handle" && f.is_at("leaky_service.py", leak)),
             "frames[1] of the top stack should be Service.handle at leaky_service.py:{leak}\n{report}"
         );
     });

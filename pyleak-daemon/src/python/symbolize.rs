@@ -43,12 +43,14 @@ impl Symbolizer {
         Symbolizer { mem, layout, code_type, cache: HashMap::new() }
     }
 
-    /// Symbolizes one frame; a code object that cannot be read gives `Frame::unknown`.
-    pub fn frame(&mut self, code: u64, instr: u32) -> Frame {
+    /// Symbolizes one frame captured with `first_line` (`co_firstlineno` at capture). A
+    /// code object that cannot be read, or that is no longer the one captured (freed, its
+    /// address reused), gives `Frame::unknown` rather than another function's name.
+    pub fn frame(&mut self, code: u64, instr: u32, first_line: u32) -> Frame {
         let Some(fp) = self.fingerprint(code) else {
             return Frame::unknown(code);
         };
-        if fp.ob_type != self.code_type {
+        if fp.ob_type != self.code_type || fp.firstlineno != first_line {
             return Frame::unknown(code);
         }
         let fresh = self.cache.get(&code).is_some_and(|c| c.fingerprint == fp);

@@ -21,6 +21,7 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
         frame_instr: layout.frame_instr,
         frame_owner: layout.frame_owner,
         owner_skip_min: layout.owner_skip_min,
+        code_first_line: layout.co_firstlineno as i32,
         ..Default::default()
     };
     match layout.tstate {
