@@ -201,6 +201,9 @@ pub struct PyTarget {
     pub tls_offset: i64,
     /// Mask applied to a frame's code pointer (3.14 tags `f_executable`; else all ones).
     pub code_mask: u64,
+    /// A code pointer that marks a frame as not Python code (3.13: `&_Py_NoneStruct` in C-stack
+    /// entry frames), skipped like a shim; 0 when unused.
+    pub skip_code: u64,
     /// `PyThreadState.thread_id` (pthread_t, equals fsbase with glibc), checked against the
     /// calling thread so that a GIL holder's stack is never charged to another thread.
     pub tstate_thread_id: i32,

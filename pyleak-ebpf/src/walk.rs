@@ -200,6 +200,9 @@ fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>)
     }
     // C: frame->f_code (3.8–3.12) / frame->f_executable (3.13+, tagged in 3.14).
     let code: u64 = read::<u64>(at(frame, t.frame_code))? & t.code_mask;
+    if code == 0 || code == t.skip_code {
+        return Ok((back, None));
+    }
     let instr = if t.instr_kind == INSTR_I32 {
         // C: frame->f_lasti.
         read::<i32>(at(frame, t.frame_instr))? as u32

@@ -6,7 +6,7 @@
 //! code. Values were read from the pyenv builds' DWARF with gdb `offsetof` (see
 //! docs/CPYTHON.md); the `layouts_match_dwarf` test re-checks them against every installed
 //! interpreter's debug info.
-use pyleak_common::{ABSENT, INSTR_PTR};
+use pyleak_common::{ABSENT, INSTR_I32, INSTR_PTR};
 
 use super::linetable::LineTableFormat;
 use crate::discovery::PyVersion;
@@ -23,6 +23,10 @@ pub enum TstateSource {
 /// How a frame's bytecode position converts to a byte offset for the line table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstrUnit {
+    /// `f_lasti` in bytes (3.8–3.9).
+    LastiBytes,
+    /// `f_lasti` in 2-byte code units (3.10, bpo-27129).
+    LastiCodeUnits,
     /// Instruction pointer minus the code object's address; subtract `co_code_adaptive`.
     PointerFromCode,
 }
@@ -56,10 +60,84 @@ pub struct Layout {
     // PyUnicodeObject: data offset of compact ASCII and compact non-ASCII strings.
     pub unicode_ascii_data: u64,
     pub unicode_compact_data: u64,
+    /// Frames whose code pointer is `&_Py_NoneStruct` are not Python code (3.13 C-stack
+    /// entries); the kernel side skips them.
+    pub skip_none_code: bool,
 }
 
 /// The versions this build of pyleak can trace.
-pub const SUPPORTED: &[Layout] = &[LAYOUT_3_11, LAYOUT_3_12];
+pub const SUPPORTED: &[Layout] = &[LAYOUT_3_8, LAYOUT_3_9, LAYOUT_3_10, LAYOUT_3_11, LAYOUT_3_12, LAYOUT_3_13];
+
+/// CPython 3.8 (verified on 3.8.18). Frames are heap `PyFrameObject`s linked by `f_back`;
+/// `f_lasti` counts bytes; line numbers come from `co_lnotab`.
+pub const LAYOUT_3_8: Layout = Layout {
+    minor: 8,
+    tstate: TstateSource::RuntimeField(1368),
+    tstate_thread_id: 176,
+    tstate_frame: 24,
+    cframe_current_frame: ABSENT,
+    frame_back: 24,
+    frame_code: 32,
+    frame_instr: 104,
+    instr_kind: INSTR_I32,
+    instr_unit: InstrUnit::LastiBytes,
+    frame_owner: ABSENT,
+    owner_skip_min: 0,
+    co_filename: 104,
+    co_name: 112,
+    co_qualname: None,
+    co_linetable: 120,
+    co_firstlineno: 40,
+    co_code_adaptive: 0,
+    linetable_format: LineTableFormat::Lnotab,
+    unicode_ascii_data: 48,
+    unicode_compact_data: 72,
+    skip_none_code: false,
+};
+
+/// CPython 3.9 (verified on 3.9.18): as 3.8, but `_PyRuntimeState` shrank (the GIL state
+/// moved up), so `gilstate.tstate_current` is at 568.
+pub const LAYOUT_3_9: Layout = Layout { minor: 9, tstate: TstateSource::RuntimeField(568), ..LAYOUT_3_8 };
+
+/// CPython 3.10 (verified on 3.10.13): `f_lasti` counts 2-byte code units and moved to 96;
+/// `co_linetable` (PEP 626) replaces `co_lnotab` at the same offset.
+pub const LAYOUT_3_10: Layout = Layout {
+    minor: 10,
+    tstate: TstateSource::RuntimeField(568),
+    frame_instr: 96,
+    instr_unit: InstrUnit::LastiCodeUnits,
+    linetable_format: LineTableFormat::Linetable310,
+    ..LAYOUT_3_8
+};
+
+/// CPython 3.13 (verified on 3.13.0). `_PyCFrame` is gone: `tstate->current_frame`; frames
+/// hold `f_executable` (a code object, or None for C-stack entries) and `instr_ptr` (the
+/// instruction executing). TODO(#3): read these from `_Py_DebugOffsets` at the start of
+/// `_PyRuntime` instead of this table, as 3.14 needs.
+pub const LAYOUT_3_13: Layout = Layout {
+    minor: 13,
+    tstate: TstateSource::ThreadLocal,
+    tstate_thread_id: 152,
+    tstate_frame: 72,
+    cframe_current_frame: ABSENT,
+    frame_back: 8,
+    frame_code: 0,
+    frame_instr: 56,
+    instr_kind: INSTR_PTR,
+    instr_unit: InstrUnit::PointerFromCode,
+    frame_owner: 70,
+    owner_skip_min: 3,
+    co_filename: 112,
+    co_name: 120,
+    co_qualname: Some(128),
+    co_linetable: 136,
+    co_firstlineno: 68,
+    co_code_adaptive: 200,
+    linetable_format: LineTableFormat::Locations,
+    unicode_ascii_data: 40,
+    unicode_compact_data: 56,
+    skip_none_code: true,
+};
 
 /// CPython 3.11 (verified on 3.11.7). Frames are `_PyInterpreterFrame`s reached through
 /// `tstate->cframe->current_frame`; `prev_instr` points at the executing instruction.
@@ -86,6 +164,7 @@ pub const LAYOUT_3_11: Layout = Layout {
     linetable_format: LineTableFormat::Locations,
     unicode_ascii_data: 48,
     unicode_compact_data: 72,
+    skip_none_code: false,
 };
 
 /// CPython 3.12 (verified on 3.12.1). The thread state moved to the `_Py_tss_tstate`
@@ -113,6 +192,7 @@ pub const LAYOUT_3_12: Layout = Layout {
     linetable_format: LineTableFormat::Locations,
     unicode_ascii_data: 40,
     unicode_compact_data: 56,
+    skip_none_code: false,
 };
 
 /// The layout for a version, or `None` when pyleak does not support it.
@@ -132,6 +212,8 @@ impl Layout {
     /// Byte offset into the bytecode for the line table, from a frame's recorded position.
     pub fn bytecode_offset(&self, instr: u32) -> Option<u32> {
         match self.instr_unit {
+            InstrUnit::LastiBytes => Some(instr),
+            InstrUnit::LastiCodeUnits => instr.checked_mul(2),
             InstrUnit::PointerFromCode => instr.checked_sub(self.co_code_adaptive as u32),
         }
     }
@@ -146,7 +228,9 @@ mod tests {
         let v = |minor| PyVersion { major: 3, minor, micro: None };
         assert_eq!(for_version(v(12)).unwrap().minor, 12);
         assert!(for_version(v(7)).is_none());
-        assert_eq!(supported_list(), "3.11, 3.12");
+        assert_eq!(supported_list(), "3.8, 3.9, 3.10, 3.11, 3.12, 3.13");
+        assert_eq!(LAYOUT_3_10.bytecode_offset(7), Some(14));
+        assert_eq!(LAYOUT_3_9.bytecode_offset(7), Some(7));
         assert_eq!(LAYOUT_3_12.bytecode_offset(192 + 10), Some(10));
         assert_eq!(LAYOUT_3_12.bytecode_offset(4), None);
     }
@@ -165,22 +249,49 @@ mod tests {
                 eprintln!("python 3.{} not installed under {root}; not checked", layout.minor);
                 continue;
             };
-            let frame_type = if layout.minor <= 10 { "PyFrameObject" } else { "_PyInterpreterFrame" };
+            let old = layout.minor <= 10; // PyFrameObject era
+            let frame_type = if old { "PyFrameObject" } else { "_PyInterpreterFrame" };
+            let field = |old_name: &str, name_311: &str, name_313: &str| match layout.minor {
+                ..=10 => old_name.to_string(),
+                11 | 12 => name_311.to_string(),
+                _ => name_313.to_string(),
+            };
+            let linetable = if layout.minor <= 9 { "co_lnotab" } else { "co_linetable" };
             let mut exprs: Vec<(&str, String, i64)> = vec![
                 ("tstate_thread_id", "&((PyThreadState*)0)->thread_id".into(), layout.tstate_thread_id as i64),
                 ("co_filename", "&((PyCodeObject*)0)->co_filename".into(), layout.co_filename as i64),
                 ("co_name", "&((PyCodeObject*)0)->co_name".into(), layout.co_name as i64),
-                ("co_linetable", "&((PyCodeObject*)0)->co_linetable".into(), layout.co_linetable as i64),
+                ("co_linetable", format!("&((PyCodeObject*)0)->{linetable}"), layout.co_linetable as i64),
                 ("co_firstlineno", "&((PyCodeObject*)0)->co_firstlineno".into(), layout.co_firstlineno as i64),
-                ("co_code_adaptive", "&((PyCodeObject*)0)->co_code_adaptive".into(), layout.co_code_adaptive as i64),
-                ("frame_back", format!("&(({frame_type}*)0)->previous"), layout.frame_back as i64),
-                ("frame_code", format!("&(({frame_type}*)0)->f_code"), layout.frame_code as i64),
-                ("frame_instr", format!("&(({frame_type}*)0)->prev_instr"), layout.frame_instr as i64),
-                ("tstate_frame", "&((PyThreadState*)0)->cframe".into(), layout.tstate_frame as i64),
-                ("cframe_current_frame", "&((_PyCFrame*)0)->current_frame".into(), layout.cframe_current_frame as i64),
+                (
+                    "frame_back",
+                    format!("&(({frame_type}*)0)->{}", field("f_back", "previous", "previous")),
+                    layout.frame_back as i64,
+                ),
+                (
+                    "frame_code",
+                    format!("&(({frame_type}*)0)->{}", field("f_code", "f_code", "f_executable")),
+                    layout.frame_code as i64,
+                ),
+                (
+                    "frame_instr",
+                    format!("&(({frame_type}*)0)->{}", field("f_lasti", "prev_instr", "instr_ptr")),
+                    layout.frame_instr as i64,
+                ),
+                (
+                    "tstate_frame",
+                    format!("&((PyThreadState*)0)->{}", field("frame", "cframe", "current_frame")),
+                    layout.tstate_frame as i64,
+                ),
                 ("unicode_ascii_data", "sizeof(PyASCIIObject)".into(), layout.unicode_ascii_data as i64),
                 ("unicode_compact_data", "sizeof(PyCompactUnicodeObject)".into(), layout.unicode_compact_data as i64),
             ];
+            if !old {
+                exprs.push(("co_code_adaptive", "&((PyCodeObject*)0)->co_code_adaptive".into(), layout.co_code_adaptive as i64));
+            }
+            if layout.cframe_current_frame != ABSENT {
+                exprs.push(("cframe_current_frame", "&((_PyCFrame*)0)->current_frame".into(), layout.cframe_current_frame as i64));
+            }
             if let Some(q) = layout.co_qualname {
                 exprs.push(("co_qualname", "&((PyCodeObject*)0)->co_qualname".into(), q as i64));
             }

@@ -24,6 +24,12 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
         code_first_line: layout.co_firstlineno as i32,
         ..Default::default()
     };
+    if layout.skip_none_code {
+        let Some(none) = interp.image.symbol("_Py_NoneStruct") else {
+            bail!("{} has no _Py_NoneStruct symbol", interp.path);
+        };
+        t.skip_code = interp.bias + none.vaddr;
+    }
     match layout.tstate {
         TstateSource::RuntimeField(offset) => {
             let Some(runtime) = interp.image.symbol("_PyRuntime") else {
