@@ -184,7 +184,45 @@ pub fn detect_version(image: &ElfImage, path: &str) -> Result<PyVersion, TargetE
             micro: Some((hex >> 8) as u8),
         });
     }
-    version_from_name(path).ok_or_else(|| TargetError::UnknownVersion { path: path.to_string() })
+    let mut version =
+        version_from_name(path).ok_or_else(|| TargetError::UnknownVersion { path: path.to_string() })?;
+    version.micro = image.section(".rodata").and_then(|data| micro_from_rodata(data, version));
+    Ok(version)
+}
+
+/// Before 3.11 the full version exists only as the `PY_VERSION` string literal that
+/// `Py_GetVersion()` formats. Linkers merge a string into the tail of a longer one ending the
+/// same way (here "/tmp/python-build.../Python-3.8.18"), so look for NUL-terminated strings
+/// in `.rodata` that end in "MAJOR.MINOR.MICRO" (optionally a release tag such as "rc1" or
+/// "+"), not preceded by a digit or a dot. `None` unless exactly one micro version appears,
+/// so an unrelated string cannot mislabel the interpreter.
+fn micro_from_rodata(data: &[u8], v: PyVersion) -> Option<u8> {
+    let prefix = format!("{}.{}.", v.major, v.minor);
+    let mut found = None;
+    for s in data.split(|&b| b == 0) {
+        let Some(at) = find_last(s, prefix.as_bytes()) else { continue };
+        if at > 0 && (s[at - 1].is_ascii_digit() || s[at - 1] == b'.') {
+            continue;
+        }
+        let rest = &s[at + prefix.len()..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let tail = &rest[digits..];
+        let tag_ok = tail.is_empty()
+            || tail == b"+"
+            || [&b"a"[..], b"b", b"rc"].iter().any(|t| {
+                tail.strip_prefix(*t).is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+            });
+        if digits == 0 || digits > 3 || !tag_ok {
+            continue;
+        }
+        let micro: u8 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        match found {
+            None => found = Some(micro),
+            Some(m) if m == micro => {}
+            Some(_) => return None,
+        }
+    }
+    found
 }
 
 /// `.../libpython3.9.so.1.0` or `.../python3.9` -> 3.9.
@@ -195,6 +233,10 @@ pub fn version_from_name(path: &str) -> Option<PyVersion> {
     let major: u8 = parts.next()?.parse().ok()?;
     let minor: u8 = parts.next()?.parse().ok()?;
     Some(PyVersion { major, minor, micro: None })
+}
+
+fn find_last(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -227,6 +269,25 @@ mod tests {
             Some(PyVersion { major: 3, minor: 9, micro: None })
         );
         assert_eq!(version_from_name("/bin/sleep"), None);
+    }
+
+    #[test]
+    fn micro_version_from_rodata() {
+        let v = PyVersion { major: 3, minor: 9, micro: None };
+        assert_eq!(micro_from_rodata(b"abc\x003.9.18\x00%s\x00", v), Some(18));
+        assert_eq!(micro_from_rodata(b"\x003.9.0rc2\x00", v), Some(0));
+        // Ambiguous or malformed candidates give no answer rather than a wrong one.
+        assert_eq!(micro_from_rodata(b"\x003.9.1\x003.9.2\x00", v), None);
+        assert_eq!(micro_from_rodata(b"\x003.9.x\x003.10.4\x0013.9.2\x00", v), None);
+        assert_eq!(micro_from_rodata(b"\x00/build/Python-3.9.7\x00/x/3.9.7/lib\x00", v), Some(7));
+        // The installed pyenv builds, where present.
+        for (minor, micro) in [(8, 18), (9, 18), (10, 13)] {
+            let lib = format!("/root/.pyenv/versions/3.{minor}.{micro}/lib/libpython3.{minor}.so.1.0");
+            if let Ok(img) = ElfImage::open(Path::new(&lib)) {
+                let v = detect_version(&img, &lib).unwrap();
+                assert_eq!(v.micro, Some(micro), "{lib}");
+            }
+        }
     }
 
     #[test]

@@ -120,6 +120,14 @@ impl ElfImage {
         self.data.get(off..off.checked_add(len)?)
     }
 
+    /// The bytes of a section (e.g. `.rodata`), if present.
+    pub fn section(&self, name: &str) -> Option<&[u8]> {
+        let file = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
+        let section = file.section_by_name(name)?;
+        let (offset, size) = section.file_range()?;
+        self.data.get(offset as usize..(offset + size) as usize)
+    }
+
     /// The link-time address the file expects at file offset `offset` (to compute the load
     /// bias from a mapping's start and file offset).
     pub fn offset_to_vaddr(&self, offset: u64) -> Option<u64> {

@@ -38,7 +38,7 @@ use serde_json::Value;
 
 /// CPython minor versions every scenario runs under (pyenv builds).
 /// 3.8–3.10 and 3.13 join this list once pyleak supports them.
-pub const PYTHON_VERSIONS: &[&str] = &["3.11", "3.12"];
+pub const PYTHON_VERSIONS: &[&str] = &["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"];
 
 /// How long a scenario may take to print an expected stdout line.
 pub const LINE_TIMEOUT: Duration = Duration::from_secs(30);

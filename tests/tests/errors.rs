@@ -1,5 +1,5 @@
 // Bad input: `pyleak trace` on a pid with no process, on a process that is
-// not Python, and without CAP_SYS_ADMIN must fail with exit 1 and a one-line
+// not Python, on an unsupported CPython, and without CAP_SYS_ADMIN must fail with exit 1 and a one-line
 // message naming the problem; bad flags are usage errors (exit 2).
 
 use std::path::Path;
@@ -77,6 +77,37 @@ fn trace_not_python() {
         "5",
     ]);
     assert_runtime_error(&finished, "not a Python process");
+}
+
+/// `trace --pid` of a CPython older than pyleak supports (pyenv 3.7 or 3.6,
+/// both present on this project's machines): exit 1, the message names the
+/// version and lists the supported ones. Skipped, loudly, where neither is
+/// installed.
+#[test]
+fn trace_unsupported_version() {
+    let _serial = serial();
+    require_root();
+    let root = std::env::var("PYENV_ROOT").unwrap_or_else(|_| "/root/.pyenv".into());
+    let old = std::fs::read_dir(format!("{root}/versions"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let minor = name.strip_prefix("3.")?.split('.').next()?.parse::<u32>().ok()?;
+            let bin = e.path().join(format!("bin/python3.{minor}"));
+            (minor < 8 && bin.exists()).then(|| (format!("3.{minor}"), bin))
+        })
+        .next();
+    let Some((version, bin)) = old else {
+        eprintln!("pyleak-e2e: SKIPPED trace_unsupported_version: no CPython < 3.8 under {root}");
+        return;
+    };
+    let python = KillOnDrop::spawn(bin.to_str().expect("utf-8"), &["-c", "import time; time.sleep(1000)"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let finished = pyleak(["trace", "--pid", &python.pid().to_string(), "--duration", "5"]);
+    assert_runtime_error(&finished, &format!("runs Python {version}, which pyleak does not support"));
+    assert!(finished.stderr.contains("supported: 3.8,"), "the message should list the supported versions\n{finished}");
 }
 
 /// Capabilities removed by `setpriv` before it execs pyleak. As root, a

@@ -315,3 +315,30 @@ fn trace_duration_ends_trace() {
         report.expect_stack_at("leak_basic.py", leak);
     });
 }
+
+/// A full kernel map must cost counted, reported allocations, never a crash
+/// or a silently wrong total: with room for only 200 outstanding blocks,
+/// leak_basic.py (2,000 leaked blocks) loses allocations, the report says
+/// how many (totals.lost_events and a note), and what it does report stays
+/// consistent (no more than 200 blocks outstanding).
+#[test]
+fn trace_full_map_counts_lost_events() {
+    for_each_python(|python| {
+        let mut target = Target::ready(python, "leak_basic.py");
+        let mut tracer = Tracer::start(target.pid(), &["--max-allocations", "200"]);
+        tracer.wait_attached();
+        target.send("go");
+        target.wait_for_line("done");
+        let report = tracer.stop();
+        let t = &report.json.totals;
+        assert!(t.lost_events > 1000, "expected lost events with a 200-entry map\n{report}");
+        assert!(
+            t.outstanding_allocations <= 200,
+            "more blocks outstanding than the map holds\n{report}"
+        );
+        assert!(
+            report.json.python.notes.iter().any(|n| n.contains("not recorded because a kernel map was full")),
+            "the report does not explain the lost events\n{report}"
+        );
+    });
+}
