@@ -56,6 +56,10 @@ pub const PROG_MALLOC_ENTER: &str = "malloc_enter";
 pub const PROG_CALLOC_ENTER: &str = "calloc_enter";
 /// Entry program for `realloc`-like functions: `void *f(void *ptr, size_t size)`.
 pub const PROG_REALLOC_ENTER: &str = "realloc_enter";
+/// Entry program for `posix_memalign(void **memptr, size_t align, size_t size)`.
+pub const PROG_POSIX_MEMALIGN_ENTER: &str = "posix_memalign_enter";
+/// Entry program for `aligned_alloc`/`memalign(size_t align, size_t size)`.
+pub const PROG_ALIGNED_ALLOC_ENTER: &str = "aligned_alloc_enter";
 /// Return program shared by all allocating functions: pairs the result with the entry.
 pub const PROG_ALLOC_EXIT: &str = "alloc_exit";
 /// Entry program for `free`-like functions: `void f(void *ptr)`.
@@ -148,6 +152,9 @@ pub struct NewStack {
 /// What an in-flight allocator call is.
 pub const CALL_MALLOC: u32 = 1;
 pub const CALL_REALLOC: u32 = 2;
+/// `int posix_memalign(void **memptr, size_t align, size_t size)`: the block is written to
+/// `*memptr` (kept in `Inflight::old_ptr`) and the result is an error number.
+pub const CALL_POSIX_MEMALIGN: u32 = 3;
 
 /// Value of [`MAP_INFLIGHT`].
 #[derive(Copy, Clone, Debug, Default)]
@@ -155,7 +162,7 @@ pub const CALL_REALLOC: u32 = 2;
 pub struct Inflight {
     /// Requested size (calloc: product; saturated to u64::MAX on overflow).
     pub size: u64,
-    /// realloc's input pointer (0 for other calls).
+    /// realloc's input pointer, posix_memalign's `memptr` (0 for other calls).
     pub old_ptr: u64,
     /// Nesting depth: allocators call each other (PyObject_Malloc -> PyMem_RawMalloc ->
     /// malloc); only the outermost call is recorded, so a block is counted once.
@@ -201,6 +208,11 @@ pub struct PyTarget {
     pub tls_offset: i64,
     /// Mask applied to a frame's code pointer (3.14 tags `f_executable`; else all ones).
     pub code_mask: u64,
+    /// Address of `_PyRuntime.gilstate.autoTSSkey._key` (the pthread key under which every
+    /// thread finds its own `PyThreadState`, GIL or not), or 0. Used when the primary source
+    /// has no thread state for the caller: a thread that released the GIL around a C call
+    /// (ctypes, numpy) still allocates on behalf of its Python line.
+    pub tss_key_addr: u64,
     /// A code pointer that marks a frame as not Python code (3.13: `&_Py_NoneStruct` in C-stack
     /// entry frames), skipped like a shim; 0 when unused.
     pub skip_code: u64,
@@ -224,10 +236,14 @@ pub struct PyTarget {
     pub owner_skip_min: u32,
     /// Offset of `co_firstlineno` in a code object.
     pub code_first_line: i32,
+    /// Offset of `specific_1stblock` in the C library's `struct pthread` (glibc 2.36: 0x310),
+    /// for `pthread_getspecific` emulation; [`ABSENT`] disables the fallback.
+    pub pthread_specific: i32,
     /// Set to 1 by the kernel side when the interpreter enters `Py_FinalizeEx`: from then on
     /// the process's allocations and frees are ignored, so the report shows what the program
     /// left allocated when it finished, not what shutdown tore down.
     pub finalizing: u32,
+    pub _pad: u32,
 }
 
 /// Indices into [`MAP_COUNTERS`]. Every failure the kernel side can meet is counted; the

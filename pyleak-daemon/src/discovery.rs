@@ -138,6 +138,31 @@ pub fn host_path(pid: u32, target_path: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root{target_path}"))
 }
 
+/// A shared library mapped by the target.
+pub struct Library {
+    /// As the target names it.
+    pub path: String,
+    pub host_path: PathBuf,
+    pub image: ElfImage,
+}
+
+/// The C library the target uses (glibc's `libc.so.6`), if it maps one.
+pub fn find_libc(pid: u32) -> anyhow::Result<Option<Library>> {
+    let maps = read_maps(pid)?;
+    let Some(m) = maps.iter().find(|m| is_libc_name(&m.path)) else {
+        return Ok(None);
+    };
+    let host_path = host_path(pid, &m.path);
+    let image = ElfImage::open(&host_path).with_context(|| format!("opening the C library of pid {pid}"))?;
+    Ok(Some(Library { path: m.path.clone(), host_path, image }))
+}
+
+/// `libc.so.6`, `libc-2.31.so`, `libc.musl-x86_64.so.1`.
+pub fn is_libc_name(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.starts_with("libc.so") || base.starts_with("libc-") || base.starts_with("libc.musl")
+}
+
 /// Finds the interpreter in `pid`. Errors name the pid and what was missing.
 pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
     if !process_exists(pid) {
@@ -260,6 +285,8 @@ mod tests {
     fn names() {
         assert!(is_libpython_name("/usr/lib/libpython3.13t.so.1.0"));
         assert!(!is_libpython_name("/usr/lib/libpython2.7.so"));
+        assert!(is_libc_name("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(!is_libc_name("/usr/lib/x86_64-linux-gnu/libcrypt.so.1"));
         assert_eq!(
             version_from_name("/usr/bin/python3.11"),
             Some(PyVersion { major: 3, minor: 11, micro: None })

@@ -18,6 +18,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{discovery, elf::ElfImage};
 
+/// System-call stops to wait for the C library before giving up on it.
+const MAX_LOADER_STEPS: u32 = 2000;
+
 /// Set by the SIGINT/SIGTERM handler.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -94,16 +97,27 @@ impl Child {
         Ok(me)
     }
 
-    /// Steps through exec and dynamic loading until the runtime is mapped.
+    /// Steps through exec and dynamic loading until the runtime and the C library are mapped
+    /// (the C library's allocator is probed too; the dynamic linker maps it after libpython).
     fn advance_to_python(&mut self) -> Result<()> {
-        let mut waiting_for_lib = self.examine_exe()?;
-        if waiting_for_lib == Some(false) {
-            return Ok(());
-        }
+        let mut python = self.examine_exe()?;
+        let mut steps = 0u32;
         let mut pending = 0;
         loop {
-            // While libpython is not mapped yet, stop at every system call to check.
-            let request = if waiting_for_lib.is_some() { libc::PTRACE_SYSCALL } else { libc::PTRACE_CONT };
+            if let Some(needs_lib) = python {
+                if self.loaded(needs_lib) {
+                    return Ok(());
+                }
+                steps += 1;
+                if steps > MAX_LOADER_STEPS {
+                    // A loader that never maps a C library (a fully static build): go on
+                    // with what is there; the report says native allocations are not seen.
+                    tracing::debug!(pid = self.pid, "no C library after {MAX_LOADER_STEPS} system calls");
+                    return Ok(());
+                }
+            }
+            // While the libraries are not mapped yet, stop at every system call to check.
+            let request = if python.is_some() { libc::PTRACE_SYSCALL } else { libc::PTRACE_CONT };
             self.restart(request, pending)?;
             pending = 0;
             match self.wait()? {
@@ -111,19 +125,9 @@ impl Child {
                     "the command exited (status {code}) without running a Python interpreter; pyleak run follows the started process and its execs, not its children"
                 ),
                 Event::Killed(sig) => bail!("the command was killed by signal {sig} before Python started"),
-                Event::Exec => {
-                    waiting_for_lib = self.examine_exe()?;
-                    if waiting_for_lib == Some(false) {
-                        return Ok(());
-                    }
-                }
-                Event::Syscall => {
-                    if waiting_for_lib.is_some() && self.libpython_mapped() {
-                        return Ok(());
-                    }
-                }
+                Event::Exec => python = self.examine_exe()?,
                 Event::Signal(sig) => pending = if self.is_group_stop() { 0 } else { sig },
-                Event::Exit | Event::Other => {}
+                Event::Syscall | Event::Exit | Event::Other => {}
             }
         }
     }
@@ -143,10 +147,11 @@ impl Child {
         Ok(None)
     }
 
-    fn libpython_mapped(&self) -> bool {
-        discovery::read_maps(self.pid)
-            .map(|maps| maps.iter().any(|m| discovery::is_libpython_name(&m.path) && m.perms.contains('x')))
-            .unwrap_or(false)
+    /// Whether libpython (if needed) and the C library are mapped executable.
+    fn loaded(&self, needs_libpython: bool) -> bool {
+        let Ok(maps) = discovery::read_maps(self.pid) else { return false };
+        let mapped = |pred: fn(&str) -> bool| maps.iter().any(|m| pred(&m.path) && m.perms.contains('x'));
+        (!needs_libpython || mapped(discovery::is_libpython_name)) && mapped(discovery::is_libc_name)
     }
 
     /// Resumes the child and waits for it to end. `at_exit` runs while the child is held at

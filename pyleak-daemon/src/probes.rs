@@ -11,7 +11,8 @@ use aya::{
 use pyleak_common::{
     AllocInfo, AllocKey, Counter, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH, Inflight, MAP_COUNTERS,
     MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS, MAP_STACK_STATS, MAP_STACKS, MAP_TARGETS,
-    MAX_FRAMES, NewStack, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_FINALIZE_ENTER, PROG_FREE_ENTER, PROG_MALLOC_ENTER,
+    MAX_FRAMES, NewStack, PROG_ALIGNED_ALLOC_ENTER, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_FINALIZE_ENTER,
+    PROG_FREE_ENTER, PROG_POSIX_MEMALIGN_ENTER, PROG_MALLOC_ENTER,
     PROG_REALLOC_ENTER, PyTarget, StackCounters, StackKey, StackTrace,
 };
 
@@ -32,6 +33,10 @@ pub enum AllocFn {
     Free,
     /// `Py_FinalizeEx`: not an allocator; freezes the process's numbers at shutdown.
     Finalize,
+    /// `posix_memalign(&p, align, size)`.
+    PosixMemalign,
+    /// `aligned_alloc(align, size)` / `memalign(align, size)`.
+    AlignedAlloc,
 }
 
 impl AllocFn {
@@ -42,6 +47,8 @@ impl AllocFn {
             AllocFn::Realloc => PROG_REALLOC_ENTER,
             AllocFn::Free => PROG_FREE_ENTER,
             AllocFn::Finalize => PROG_FINALIZE_ENTER,
+            AllocFn::PosixMemalign => PROG_POSIX_MEMALIGN_ENTER,
+            AllocFn::AlignedAlloc => PROG_ALIGNED_ALLOC_ENTER,
         }
     }
 }
@@ -140,6 +147,8 @@ impl Probes {
             PROG_FREE_ENTER,
             PROG_ALLOC_EXIT,
             PROG_FINALIZE_ENTER,
+            PROG_POSIX_MEMALIGN_ENTER,
+            PROG_ALIGNED_ALLOC_ENTER,
         ] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load()

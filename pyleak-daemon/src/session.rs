@@ -17,6 +17,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::{
     aggregate::{self, ResolvedStack},
     discovery::{self, Interpreter, TargetError},
+    elf::ElfImage,
     model::{PythonInfo, Report},
     probes::{self, AllocFn, LoadOptions, ProbeSite, Probes, Tables},
     procmem::ProcMem,
@@ -39,6 +40,20 @@ pub const ALLOCATOR_FUNCTIONS: &[(&str, AllocFn)] = &[
     ("PyMem_RawRealloc", AllocFn::Realloc),
     ("PyMem_RawFree", AllocFn::Free),
     ("Py_FinalizeEx", AllocFn::Finalize),
+];
+
+/// The C library's allocator: memory that C extensions and ctypes take directly (numpy
+/// arrays, native buffers), charged to the Python line that called into them. CPython's own
+/// large blocks also end up here, nested inside PyMem_RawMalloc; the kernel side counts a
+/// nested call once.
+pub const NATIVE_FUNCTIONS: &[(&str, AllocFn)] = &[
+    ("malloc", AllocFn::Malloc),
+    ("calloc", AllocFn::Calloc),
+    ("realloc", AllocFn::Realloc),
+    ("free", AllocFn::Free),
+    ("posix_memalign", AllocFn::PosixMemalign),
+    ("aligned_alloc", AllocFn::AlignedAlloc),
+    ("memalign", AllocFn::AlignedAlloc),
 ];
 
 /// How often the background worker looks at STACKS for stacks whose ring-buffer
@@ -77,13 +92,21 @@ impl Session {
             supported: layout::supported_list(),
         })?;
         let py_target = target::build(&interp, layout)?;
-        let (sites, missing) = plan_sites(&interp);
+        let (sites, missing) = plan_sites(&interp.image, ALLOCATOR_FUNCTIONS);
+        let libc = discovery::find_libc(pid)?;
+        let native = match &libc {
+            Some(lib) => plan_sites(&lib.image, NATIVE_FUNCTIONS).0,
+            None => Vec::new(),
+        };
         if sites.is_empty() {
             anyhow::bail!("{} exports none of CPython's allocator functions; nothing to probe", interp.path);
         }
         let (mut probes, tables, ring) = Probes::load(opts)?;
         probes.add_target(pid, &py_target)?;
         probes.attach(pid, &interp.host_path, &sites)?;
+        if let Some(lib) = &libc {
+            probes.attach(pid, &lib.host_path, &native)?;
+        }
 
         let code_type = interp
             .image
@@ -104,7 +127,7 @@ impl Session {
         Ok(Session {
             pid,
             command: discovery::command_line(pid),
-            python: describe(&interp, &missing),
+            python: describe(&interp, &missing, libc.as_ref().map(|l| l.path.as_str())),
             probes,
             tables,
             resolver,
@@ -158,12 +181,14 @@ impl Session {
     }
 }
 
-/// Where to probe: each allocator function the interpreter file defines.
-fn plan_sites(interp: &Interpreter) -> (Vec<ProbeSite>, Vec<&'static str>) {
-    let mut sites = Vec::new();
+/// Where to probe: each of `functions` that `image` defines. Aliases (glibc's memalign and
+/// aligned_alloc share an address) are probed once.
+fn plan_sites(image: &ElfImage, functions: &[(&'static str, AllocFn)]) -> (Vec<ProbeSite>, Vec<&'static str>) {
+    let mut sites: Vec<ProbeSite> = Vec::new();
     let mut missing = Vec::new();
-    for &(name, kind) in ALLOCATOR_FUNCTIONS {
-        match interp.image.symbol(name).and_then(|s| interp.image.vaddr_to_offset(s.vaddr)) {
+    for &(name, kind) in functions {
+        match image.symbol(name).and_then(|s| image.vaddr_to_offset(s.vaddr)) {
+            Some(file_offset) if sites.iter().any(|s| s.file_offset == file_offset) => {}
             Some(file_offset) => sites.push(ProbeSite { function: name.to_string(), kind, file_offset }),
             None if kind == AllocFn::Finalize => {} // only sharpens end-of-run numbers
             None => missing.push(name),
@@ -172,8 +197,14 @@ fn plan_sites(interp: &Interpreter) -> (Vec<ProbeSite>, Vec<&'static str>) {
     (sites, missing)
 }
 
-fn describe(interp: &Interpreter, missing: &[&str]) -> PythonInfo {
+fn describe(interp: &Interpreter, missing: &[&str], libc: Option<&str>) -> PythonInfo {
     let mut notes = vec![
+        match libc {
+            Some(path) => format!(
+                "native allocations (malloc, calloc, realloc, posix_memalign, aligned_alloc in {path}) are included, charged to the Python line that made them"
+            ),
+            None => "no C library found in the process: native allocations outside CPython's allocator are not seen".to_string(),
+        },
         "objects reused from CPython's free lists (floats, small tuples, frames, ...) never reach the allocator and are not counted"
             .to_string(),
     ];

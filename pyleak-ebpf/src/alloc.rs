@@ -5,7 +5,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use pyleak_common::{
-    AllocInfo, AllocKey, CALL_MALLOC, CALL_REALLOC, Counter, Inflight, NewStack, StackKey,
+    AllocInfo, AllocKey, CALL_MALLOC, CALL_POSIX_MEMALIGN, CALL_REALLOC, Counter, Inflight,
+    NewStack, StackKey,
 };
 
 use crate::{
@@ -82,6 +83,22 @@ pub fn exit(ret: u64) {
         if ret == 0 {
             return;
         }
+    } else if call.kind == CALL_POSIX_MEMALIGN {
+        // Returns an error number; the block was stored through memptr.
+        // C: if (ret == 0) addr = *memptr;
+        let addr = if ret as u32 == 0 {
+            // SAFETY: bpf_probe_read_user checks the address.
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(call.old_ptr as *const u64) }.unwrap_or(0)
+        } else {
+            0
+        };
+        if addr == 0 {
+            count(Counter::FailedAllocs);
+            return;
+        }
+        count(Counter::Allocs);
+        record(tgid, addr, call.size);
+        return;
     } else if ret == 0 {
         count(Counter::FailedAllocs);
         return;

@@ -62,6 +62,22 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `int posix_memalign(void **memptr, size_t align, size_t size)`.
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    let memptr = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(2).unwrap_or(0);
+    alloc::enter(size, memptr, pyleak_common::CALL_POSIX_MEMALIGN);
+    0
+}
+
+/// `void *aligned_alloc(size_t align, size_t size)`, `memalign` (same arguments).
+#[uprobe]
+pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
+    alloc::enter_malloc(ctx.arg::<u64>(1).unwrap_or(0));
+    0
+}
+
 /// Return of any allocating function above.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {

@@ -38,10 +38,35 @@ fn fsbase() -> Result<u64, ()> {
     }
 }
 
-/// The calling thread's `PyThreadState *`, or 0 if it has none (a native thread, or one that
-/// does not hold the GIL).
+/// The calling thread's `PyThreadState *`, or 0 if it has none (a thread that never ran
+/// Python): the running thread state, else the thread's own one from the pthread key (set
+/// for every Python thread, with or without the GIL).
 #[inline(always)]
 fn current_tstate(t: &PyTarget) -> Result<u64, ()> {
+    let tstate = running_tstate(t)?;
+    if tstate != 0 || t.tss_key_addr == 0 || t.pthread_specific == ABSENT {
+        return Ok(tstate);
+    }
+    // C: pthread_getspecific(_PyRuntime.gilstate.autoTSSkey._key), as glibc implements it
+    // for keys below 32: THREAD_SELF->specific_1stblock[key].data.
+    let key: u32 = read(t.tss_key_addr)?;
+    if key >= 32 {
+        return Ok(0);
+    }
+    let fs = fsbase()?;
+    let slot = fs.wrapping_add(t.pthread_specific as i64 as u64) + 16 * key as u64 + 8;
+    let tstate: u64 = read(slot)?;
+    if tstate == 0 || t.tstate_thread_id == ABSENT {
+        return Ok(tstate);
+    }
+    // Only trust it if it names this thread (a wrong libc offset must not misattribute).
+    let owner: u64 = read(at(tstate, t.tstate_thread_id))?;
+    Ok(if owner == fs { tstate } else { 0 })
+}
+
+/// The thread state running Python on the calling thread (holding the GIL), or 0.
+#[inline(always)]
+fn running_tstate(t: &PyTarget) -> Result<u64, ()> {
     match t.tstate_kind {
         TSTATE_GLOBAL => {
             // C: _PyRuntime.gilstate.tstate_current (the GIL holder). Allocations without the

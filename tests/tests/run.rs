@@ -214,3 +214,24 @@ fn trace_demo_service_shows_the_leak() {
         );
     });
 }
+
+/// run_native_leak.py: blocks taken from libc malloc through ctypes (with the
+/// GIL released) are charged to the Python line that called malloc, with the
+/// expected bytes; the malloc/free churn of the same size is not outstanding.
+#[test]
+fn run_native_leak_is_charged_to_its_python_line() {
+    for_each_python(|python| {
+        let path = script("run_native_leak.py");
+        let line = marker_line(&path, "NATIVE");
+        let churn = marker_line(&path, "NATIVE-CHURN");
+        let expected = script_const(&path, "NATIVE_COUNT") * script_const(&path, "NATIVE_SIZE");
+        let report = run_report(python, &path, &[], &["--group-by", "line"]);
+        let bytes = report.bytes_at("run_native_leak.py", line);
+        // ctypes' own small objects for each call come on top of the malloc'd blocks.
+        assert_between(bytes, expected, expected + expected / 10, "bytes at the NATIVE line", &report);
+        assert!(
+            report.bytes_at("run_native_leak.py", churn) < expected / 100,
+            "the malloc/free churn shows as outstanding\n{report}"
+        );
+    });
+}

@@ -342,3 +342,60 @@ fn trace_full_map_counts_lost_events() {
         );
     });
 }
+
+/// A target in its own mount namespace, where the path of its libpython names
+/// a different file than on the host (a container's view): `unshare -m` runs
+/// the interpreter with a copy of its libpython bind-mounted over the original
+/// path. pyleak must read and probe the file the target really mapped (through
+/// /proc/PID/root), and find the leaking line.
+#[test]
+fn trace_target_in_private_mount_namespace() {
+    let Some(unshare) = pyleak_e2e::find_in_path("unshare") else {
+        panic!("unshare (util-linux) is needed for this test");
+    };
+    for_each_python(|python| {
+        let _serial = pyleak_e2e::serial();
+        let prefix = python.path.parent().and_then(|p| p.parent()).expect("pyenv prefix");
+        let lib = prefix.join(format!("lib/libpython{}.so.1.0", python.minor));
+        assert!(lib.exists(), "{} has no shared libpython at {}", python.minor, lib.display());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("libpython-copy.so");
+        std::fs::copy(&lib, &copy).expect("copying libpython");
+        let host_inode = std::fs::metadata(&lib).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+        let path = script("slow_leak.py");
+        let shell = format!(
+            "mount --bind '{}' '{}' && exec '{}' '{}'",
+            copy.display(),
+            lib.display(),
+            python.path.display(),
+            path.display()
+        );
+        let child = std::process::Command::new(&unshare)
+            .args(["-m", "--propagation", "private", "sh", "-c", &shell])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting unshare");
+        let target = pyleak_e2e::KillOnDrop(child);
+        std::thread::sleep(Duration::from_millis(1500));
+        // The exec'd interpreter keeps unshare's pid.
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", target.pid())).expect("maps");
+        assert!(maps.contains(&lib.display().to_string()), "the target did not map {}:\n{maps}", lib.display());
+        let mapped_inode: u64 = maps
+            .lines()
+            .find(|l| l.ends_with(&lib.display().to_string()))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .and_then(|i| i.parse().ok())
+            .expect("inode in maps");
+        assert_ne!(mapped_inode, host_inode, "the bind mount did not take effect");
+
+        let mut tracer = Tracer::start(target.pid(), &["--duration", "3"]);
+        tracer.wait_attached();
+        let report = tracer.finish(Duration::from_secs(60));
+        let leak = marker_line(&path, "LEAK");
+        assert!(
+            report.top().is_at("slow_leak.py", leak),
+            "the top stack is not slow_leak.py:{leak}\n{report}"
+        );
+    });
+}
+

@@ -60,6 +60,8 @@ pub struct Layout {
     // PyUnicodeObject: data offset of compact ASCII and compact non-ASCII strings.
     pub unicode_ascii_data: u64,
     pub unicode_compact_data: u64,
+    /// Offset of `autoTSSkey._key` in `_PyRuntimeState` (the `Py_tss_t` plus 4).
+    pub tss_key: u64,
     /// Frames whose code pointer is `&_Py_NoneStruct` are not Python code (3.13 C-stack
     /// entries); the kernel side skips them.
     pub skip_none_code: bool,
@@ -73,6 +75,7 @@ pub const SUPPORTED: &[Layout] = &[LAYOUT_3_8, LAYOUT_3_9, LAYOUT_3_10, LAYOUT_3
 pub const LAYOUT_3_8: Layout = Layout {
     minor: 8,
     tstate: TstateSource::RuntimeField(1368),
+    tss_key: 1392 + 4,
     tstate_thread_id: 176,
     tstate_frame: 24,
     cframe_current_frame: ABSENT,
@@ -97,13 +100,15 @@ pub const LAYOUT_3_8: Layout = Layout {
 
 /// CPython 3.9 (verified on 3.9.18): as 3.8, but `_PyRuntimeState` shrank (the GIL state
 /// moved up), so `gilstate.tstate_current` is at 568.
-pub const LAYOUT_3_9: Layout = Layout { minor: 9, tstate: TstateSource::RuntimeField(568), ..LAYOUT_3_8 };
+pub const LAYOUT_3_9: Layout =
+    Layout { minor: 9, tstate: TstateSource::RuntimeField(568), tss_key: 584 + 4, ..LAYOUT_3_8 };
 
 /// CPython 3.10 (verified on 3.10.13): `f_lasti` counts 2-byte code units and moved to 96;
 /// `co_linetable` (PEP 626) replaces `co_lnotab` at the same offset.
 pub const LAYOUT_3_10: Layout = Layout {
     minor: 10,
     tstate: TstateSource::RuntimeField(568),
+    tss_key: 584 + 4,
     frame_instr: 96,
     instr_unit: InstrUnit::LastiCodeUnits,
     linetable_format: LineTableFormat::Linetable310,
@@ -117,6 +122,7 @@ pub const LAYOUT_3_10: Layout = Layout {
 pub const LAYOUT_3_13: Layout = Layout {
     minor: 13,
     tstate: TstateSource::ThreadLocal,
+    tss_key: 2160 + 4,
     tstate_thread_id: 152,
     tstate_frame: 72,
     cframe_current_frame: ABSENT,
@@ -144,6 +150,7 @@ pub const LAYOUT_3_13: Layout = Layout {
 pub const LAYOUT_3_11: Layout = Layout {
     minor: 11,
     tstate: TstateSource::RuntimeField(576),
+    tss_key: 592 + 4,
     tstate_thread_id: 152,
     tstate_frame: 56,
     cframe_current_frame: 8,
@@ -173,6 +180,7 @@ pub const LAYOUT_3_11: Layout = Layout {
 pub const LAYOUT_3_12: Layout = Layout {
     minor: 12,
     tstate: TstateSource::ThreadLocal,
+    tss_key: 1544 + 4,
     tstate_thread_id: 136,
     tstate_frame: 56,
     cframe_current_frame: 0,
@@ -299,6 +307,8 @@ mod tests {
                 exprs.push(("frame_owner", format!("&(({frame_type}*)0)->owner"), layout.frame_owner as i64));
                 exprs.push(("owner_skip_min", "(int)FRAME_OWNED_BY_CSTACK".into(), layout.owner_skip_min as i64));
             }
+            let tss = if layout.minor <= 11 { "gilstate.autoTSSkey._key" } else { "autoTSSkey._key" };
+            exprs.push(("tss_key", format!("&((_PyRuntimeState*)0)->{tss}"), layout.tss_key as i64));
             if let TstateSource::RuntimeField(off) = layout.tstate {
                 exprs.push(("tstate_current", "&((_PyRuntimeState*)0)->gilstate.tstate_current".into(), off as i64));
             }

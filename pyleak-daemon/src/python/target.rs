@@ -1,7 +1,7 @@
 //! Building the kernel's `PyTarget` for one process: the version's offsets plus the
 //! process-specific addresses (load bias applied) of the thread-state source.
 use anyhow::{Result, bail};
-use pyleak_common::{PyTarget, TSTATE_GLOBAL, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC};
+use pyleak_common::{ABSENT, PyTarget, TSTATE_GLOBAL, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC};
 
 use super::layout::{Layout, TstateSource};
 use crate::discovery::{Interpreter, Linkage};
@@ -24,6 +24,14 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
         code_first_line: layout.co_firstlineno as i32,
         ..Default::default()
     };
+    let runtime = interp.image.symbol("_PyRuntime").map(|s| interp.bias + s.vaddr);
+    match (runtime, pthread_specific_offset()) {
+        (Some(runtime), Some(offset)) => {
+            t.tss_key_addr = runtime + layout.tss_key;
+            t.pthread_specific = offset;
+        }
+        _ => t.pthread_specific = ABSENT,
+    }
     if layout.skip_none_code {
         let Some(none) = interp.image.symbol("_Py_NoneStruct") else {
             bail!("{} has no _Py_NoneStruct symbol", interp.path);
@@ -70,4 +78,47 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
         }
     }
     Ok(t)
+}
+
+/// Offset of `specific_1stblock` in the C library's `struct pthread`, measured on pyleak's
+/// own thread: create a key, store a marker under it, and find the marker in our thread
+/// control block (which starts at `pthread_self()`). A target with another C library (in a
+/// container) may differ; the kernel side checks every thread state found this way against
+/// the calling thread, so a wrong offset loses stacks but never misattributes them.
+pub fn pthread_specific_offset() -> Option<i32> {
+    use std::sync::OnceLock;
+    static OFFSET: OnceLock<Option<i32>> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        const MARKER: u64 = 0x7079_6c65_616b_7473; // "pyleakts"
+        // SAFETY: plain libc calls on a key we create and delete here.
+        unsafe {
+            let mut key: libc::pthread_key_t = 0;
+            if libc::pthread_key_create(&mut key, None) != 0 {
+                return None;
+            }
+            libc::pthread_setspecific(key, MARKER as *const libc::c_void);
+            let tcb = libc::pthread_self() as u64;
+            // Read through process_vm_readv: never faults, whatever follows the TCB. A
+            // thread's TCB may sit near the end of its mapping, so try shorter reads too.
+            let mem = crate::procmem::ProcMem::new(std::process::id());
+            let block = [4096, 2048, 1024].into_iter().find_map(|len| mem.read_vec(tcb, len).ok());
+            libc::pthread_key_delete(key);
+            let block = block?;
+            if key >= 32 {
+                return None;
+            }
+            let at = block.as_chunks::<8>().0.iter().position(|w| u64::from_le_bytes(*w) == MARKER)? * 8;
+            i32::try_from(at as i64 - 16 * key as i64 - 8).ok()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pthread_specific_offset_is_glibcs() {
+        // glibc 2.36 on x86_64 (this project's machines): specific_1stblock is at 0x310.
+        let off = super::pthread_specific_offset().expect("measured");
+        assert_eq!(off, 0x310, "struct pthread layout changed: {off:#x}");
+    }
 }
