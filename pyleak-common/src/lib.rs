@@ -22,7 +22,7 @@ pub const MAX_INFLIGHT: u32 = 16 * 1024;
 /// Capacity of [`MAP_TARGETS`]: processes traced at once.
 pub const MAX_TARGETS: u32 = 1024;
 /// Size in bytes of the [`MAP_NEW_STACKS`] ring buffer (must be a power of two page multiple).
-pub const NEW_STACKS_RING_BYTES: u32 = 256 * 1024;
+pub const NEW_STACKS_RING_BYTES: u32 = 1024 * 1024;
 
 // --- names of maps, programs and globals (one definition for both sides) ---
 
@@ -243,7 +243,10 @@ pub struct PyTarget {
     /// the process's allocations and frees are ignored, so the report shows what the program
     /// left allocated when it finished, not what shutdown tore down.
     pub finalizing: u32,
-    pub _pad: u32,
+    /// When set (only for a child started by `pyleak run`, which pyleak ptraces), entering
+    /// `Py_FinalizeEx` also stops the calling thread with SIGSTOP, so the user side can name
+    /// the last stacks while every function's code object is still alive.
+    pub stop_at_finalize: u32,
 }
 
 /// Indices into [`MAP_COUNTERS`]. Every failure the kernel side can meet is counted; the

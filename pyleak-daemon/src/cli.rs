@@ -78,6 +78,22 @@ pub enum Command {
         #[command(flatten)]
         capture: CaptureArgs,
     },
+    /// Check what this host supports and, with --pid, what pyleak would do with a process.
+    ///
+    /// Prints one line per check ([ok ] or [NO ]) with the reason and the remedy: kernel
+    /// version, BTF, uprobe events, CAP_SYS_ADMIN, whether the kernel accepts pyleak's
+    /// programs; for a process, its interpreter, version, thread-state source, the probe
+    /// sites, and the coverage. Exits 1 when tracing would fail.
+    Doctor(DoctorArgs),
+}
+
+/// The `doctor` arguments.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also diagnose this process: its interpreter, version, thread-state source, the probes
+    /// pyleak would place and the coverage that results.
+    #[arg(short, long, value_name = "PID")]
+    pub pid: Option<u32>,
 }
 
 /// How the report is grouped, filtered and written (shared by run and trace).

@@ -34,7 +34,8 @@ pub fn trace(pid: u32, duration: Option<f64>, rep: &ReportArgs, cap: &CaptureArg
     // Validate filters before attaching, so a typo costs nothing.
     report::FrameFilter::new(&opts.include, &opts.exclude)?;
     launch::install_interrupt_handler();
-    let session = Session::attach(pid, load_options(cap)).with_context(|| format!("cannot trace pid {pid}"))?;
+    let session =
+        Session::attach(pid, load_options(cap), false).with_context(|| format!("cannot trace pid {pid}"))?;
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
     announce(
         &session,
@@ -65,7 +66,7 @@ pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> 
     launch::install_interrupt_handler();
     let child = Child::spawn_until_python(argv)?;
     let pid = child.pid;
-    let session = match Session::attach(pid, load_options(cap)) {
+    let session = match Session::attach(pid, load_options(cap), true) {
         Ok(s) => s,
         Err(e) => {
             // Do not leave a stopped child behind: PTRACE_O_EXITKILL ends it when we exit.
@@ -73,7 +74,19 @@ pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> 
         }
     };
     announce(&session, "tracing until it exits");
-    let status = child.run_to_exit(|| session.sync())?;
+    let mut held = false;
+    let status = child.run_to_exit(
+        || {
+            // The kernel side stops the child once, as it enters Py_FinalizeEx.
+            if held || !session.finalizing() {
+                return false;
+            }
+            held = true;
+            session.sync();
+            true
+        },
+        || session.sync(),
+    )?;
     eprintln!("pyleak: pid {pid} exited with status {status}");
     let raw = session.finish(rep.min_age.map(Duration::from_secs_f64));
     write_report(&raw, rep)

@@ -154,9 +154,12 @@ impl Child {
         (!needs_libpython || mapped(discovery::is_libpython_name)) && mapped(discovery::is_libc_name)
     }
 
-    /// Resumes the child and waits for it to end. `at_exit` runs while the child is held at
-    /// its exit (memory still readable). Returns the exit status (128+signal if killed).
-    pub fn run_to_exit(mut self, mut at_exit: impl FnMut()) -> Result<i32> {
+    /// Resumes the child and waits for it to end. `at_finalize` is asked about each SIGSTOP:
+    /// it returns true (and the signal is suppressed) when the stop is the one pyleak's
+    /// kernel side sends as the interpreter starts shutting down. `at_exit` runs while the
+    /// child is held at its exit (memory still readable). Returns the exit status
+    /// (128+signal if killed).
+    pub fn run_to_exit(mut self, mut at_finalize: impl FnMut() -> bool, mut at_exit: impl FnMut()) -> Result<i32> {
         let mut pending = 0;
         loop {
             self.restart(libc::PTRACE_CONT, pending)?;
@@ -171,6 +174,7 @@ impl Child {
                 }
                 // A group-stop (Ctrl-Z) reports as a stop with no signal info; re-injecting it
                 // would loop, so the child is resumed (job control is not passed through).
+                Event::Signal(libc::SIGSTOP) if !self.is_group_stop() && at_finalize() => {}
                 Event::Signal(sig) => pending = if self.is_group_stop() { 0 } else { sig },
                 Event::Syscall | Event::Other => {}
             }

@@ -6,6 +6,7 @@
 //! - `python`: per-version layouts, line tables, the kernel's per-process target, symbolization;
 //! - `probes`: loading and attaching the kernel programs, reading their maps (the only aya user);
 //! - `btf`: kernel struct offsets the programs need;
+//! - `doctor`: what the host and a target support, and why not;
 //! - `session`: one traced process from attach to report; `launch`: starting one for `run`;
 //! - `aggregate`, `model`, `report`: from kernel counters to reports.
 mod aggregate;
@@ -13,6 +14,7 @@ mod btf;
 mod cli;
 mod commands;
 mod discovery;
+mod doctor;
 mod elf;
 mod launch;
 mod model;
@@ -30,6 +32,15 @@ fn main() {
     let result = match &cli.command {
         cli::Command::Run { report, capture, command } => commands::run(command, report, capture),
         cli::Command::Trace { pid, duration, report, capture } => commands::trace(*pid, *duration, report, capture),
+        cli::Command::Doctor(args) => {
+            let mut out = String::new();
+            let ok = doctor::run(args.pid, &mut out);
+            print!("{out}");
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     };
     if let Err(err) = result {
         eprintln!("pyleak: error: {err:#}");

@@ -56,6 +56,21 @@ pub const NATIVE_FUNCTIONS: &[(&str, AllocFn)] = &[
     ("memalign", AllocFn::AlignedAlloc),
 ];
 
+/// A plain build's exported `PyObject_Malloc` is a thunk through the allocator table (27 to
+/// 35 bytes in the pyenv builds). LTO+PGO distro builds (Debian's python3.11: 247 bytes)
+/// export a specialized copy with pymalloc's fast path inlined, and inline the same into
+/// most callers, so most small-object allocations never call an exported function.
+const THUNK_MAX_BYTES: u64 = 64;
+
+/// Whether the interpreter's allocator looks inlined into its callers (see
+/// [`THUNK_MAX_BYTES`]): a heuristic from the exported function's size, stated as such.
+pub fn allocator_inlined(image: &ElfImage) -> bool {
+    image.symbol("PyObject_Malloc").is_some_and(|s| s.size > THUNK_MAX_BYTES)
+}
+
+/// What the report and `doctor` say about an inlined allocator.
+pub const INLINED_NOTE: &str = "this interpreter's allocator is inlined into its callers (an LTO/PGO build, such as a distribution's python3): most objects of 512 bytes or less, served by pymalloc, never reach a probed function and are NOT counted; larger blocks go through the C library's malloc and are counted. For full coverage, start the target with PYTHONMALLOC=malloc (every allocation then goes through malloc)";
+
 /// How often the background worker looks at STACKS for stacks whose ring-buffer
 /// announcement was lost.
 const RESCAN_EVERY: Duration = Duration::from_millis(500);
@@ -84,14 +99,16 @@ struct Resolver {
 
 impl Session {
     /// Attaches to a running process. Nothing in the target is stopped or modified.
-    pub fn attach(pid: u32, opts: LoadOptions) -> Result<Session> {
+    /// `hold_at_finalize` is for `run`'s ptraced child only (see `PyTarget::stop_at_finalize`).
+    pub fn attach(pid: u32, opts: LoadOptions, hold_at_finalize: bool) -> Result<Session> {
         let interp = discovery::find_interpreter(pid)?;
         let layout = layout::for_version(interp.version).ok_or_else(|| TargetError::UnsupportedVersion {
             pid,
             version: interp.version.to_string(),
             supported: layout::supported_list(),
         })?;
-        let py_target = target::build(&interp, layout)?;
+        let mut py_target = target::build(&interp, layout)?;
+        py_target.stop_at_finalize = hold_at_finalize as u32;
         let (sites, missing) = plan_sites(&interp.image, ALLOCATOR_FUNCTIONS);
         let libc = discovery::find_libc(pid)?;
         let native = match &libc {
@@ -135,6 +152,11 @@ impl Session {
             worker: Some(worker),
             started: Instant::now(),
         })
+    }
+
+    /// Whether the kernel side saw the interpreter enter `Py_FinalizeEx`.
+    pub fn finalizing(&self) -> bool {
+        self.probes.finalizing(self.pid)
     }
 
     /// Symbolizes every stack seen so far (call while the target's memory is readable).
@@ -183,7 +205,7 @@ impl Session {
 
 /// Where to probe: each of `functions` that `image` defines. Aliases (glibc's memalign and
 /// aligned_alloc share an address) are probed once.
-fn plan_sites(image: &ElfImage, functions: &[(&'static str, AllocFn)]) -> (Vec<ProbeSite>, Vec<&'static str>) {
+pub fn plan_sites(image: &ElfImage, functions: &[(&'static str, AllocFn)]) -> (Vec<ProbeSite>, Vec<&'static str>) {
     let mut sites: Vec<ProbeSite> = Vec::new();
     let mut missing = Vec::new();
     for &(name, kind) in functions {
@@ -211,10 +233,14 @@ fn describe(interp: &Interpreter, missing: &[&str], libc: Option<&str>) -> Pytho
     if !missing.is_empty() {
         notes.push(format!("not probed (absent from {}): {}", interp.path, missing.join(", ")));
     }
+    let inlined = allocator_inlined(&interp.image);
+    if inlined {
+        notes.insert(0, INLINED_NOTE.to_string());
+    }
     PythonInfo {
         version: interp.version.to_string(),
         executable: interp.path.clone(),
-        coverage: if missing.is_empty() { "full" } else { "partial" }.to_string(),
+        coverage: if missing.is_empty() && !inlined { "full" } else { "partial" }.to_string(),
         notes,
     }
 }

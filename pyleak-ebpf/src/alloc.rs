@@ -158,14 +158,22 @@ fn record(tgid: u32, addr: u64, size: u64) {
 }
 
 const EEXIST: i64 = 17;
+const SIGSTOP: u32 = 19;
 
 /// Entry of `Py_FinalizeEx`: stop counting this process (see `PyTarget::finalizing`).
 #[inline(always)]
 pub fn finalize() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(t) = TARGETS.get_ptr_mut(&tgid) {
-        // SAFETY: a plain store into this process's map value.
-        unsafe { (*t).finalizing = 1 };
+        // SAFETY: plain loads and stores in this process's map value.
+        unsafe {
+            (*t).finalizing = 1;
+            if (*t).stop_at_finalize != 0 {
+                // Only set for pyleak run's ptraced child: the stop is reported to pyleak,
+                // which symbolizes and resumes the child with the signal suppressed.
+                aya_ebpf::helpers::generated::bpf_send_signal_thread(SIGSTOP);
+            }
+        }
     }
 }
 

@@ -139,6 +139,17 @@ pub struct Python {
     pub path: PathBuf,
 }
 
+impl Python {
+    /// The minor number: 12 for "3.12".
+    pub fn minor_number(&self) -> u32 {
+        self.minor
+            .rsplit('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .expect("minor version")
+    }
+}
+
 impl fmt::Display for Python {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CPython {} ({})", self.version, self.path.display())

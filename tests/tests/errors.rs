@@ -94,7 +94,12 @@ fn trace_unsupported_version() {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let minor = name.strip_prefix("3.")?.split('.').next()?.parse::<u32>().ok()?;
+            let minor = name
+                .strip_prefix("3.")?
+                .split('.')
+                .next()?
+                .parse::<u32>()
+                .ok()?;
             let bin = e.path().join(format!("bin/python3.{minor}"));
             (minor < 8 && bin.exists()).then(|| (format!("3.{minor}"), bin))
         })
@@ -103,13 +108,28 @@ fn trace_unsupported_version() {
         eprintln!("pyleak-e2e: SKIPPED trace_unsupported_version: no CPython < 3.8 under {root}");
         return;
     };
-    let python = KillOnDrop::spawn(bin.to_str().expect("utf-8"), &["-c", "import time; time.sleep(1000)"]);
+    let python = KillOnDrop::spawn(
+        bin.to_str().expect("utf-8"),
+        &["-c", "import time; time.sleep(1000)"],
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let finished = pyleak(["trace", "--pid", &python.pid().to_string(), "--duration", "5"]);
+    let finished = pyleak([
+        "trace",
+        "--pid",
+        &python.pid().to_string(),
+        "--duration",
+        "5",
+    ]);
     // The message names the version (with its micro release when pyleak can read it).
     assert_runtime_error(&finished, "which pyleak does not support");
-    assert!(finished.stderr.contains(&format!("runs Python {version}")), "the message should name {version}\n{finished}");
-    assert!(finished.stderr.contains("supported: 3.8,"), "the message should list the supported versions\n{finished}");
+    assert!(
+        finished.stderr.contains(&format!("runs Python {version}")),
+        "the message should name {version}\n{finished}"
+    );
+    assert!(
+        finished.stderr.contains("supported: 3.8,"),
+        "the message should list the supported versions\n{finished}"
+    );
 }
 
 /// Capabilities removed by `setpriv` before it execs pyleak. As root, a

@@ -331,13 +331,21 @@ fn trace_full_map_counts_lost_events() {
         target.wait_for_line("done");
         let report = tracer.stop();
         let t = &report.json.totals;
-        assert!(t.lost_events > 1000, "expected lost events with a 200-entry map\n{report}");
+        assert!(
+            t.lost_events > 1000,
+            "expected lost events with a 200-entry map\n{report}"
+        );
         assert!(
             t.outstanding_allocations <= 200,
             "more blocks outstanding than the map holds\n{report}"
         );
         assert!(
-            report.json.python.notes.iter().any(|n| n.contains("not recorded because a kernel map was full")),
+            report
+                .json
+                .python
+                .notes
+                .iter()
+                .any(|n| n.contains("not recorded because a kernel map was full")),
             "the report does not explain the lost events\n{report}"
         );
     });
@@ -354,14 +362,24 @@ fn trace_target_in_private_mount_namespace() {
         panic!("unshare (util-linux) is needed for this test");
     };
     for_each_python(|python| {
-        let _serial = pyleak_e2e::serial();
-        let prefix = python.path.parent().and_then(|p| p.parent()).expect("pyenv prefix");
+        let prefix = python
+            .path
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("pyenv prefix");
         let lib = prefix.join(format!("lib/libpython{}.so.1.0", python.minor));
-        assert!(lib.exists(), "{} has no shared libpython at {}", python.minor, lib.display());
+        assert!(
+            lib.exists(),
+            "{} has no shared libpython at {}",
+            python.minor,
+            lib.display()
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let copy = dir.path().join("libpython-copy.so");
         std::fs::copy(&lib, &copy).expect("copying libpython");
-        let host_inode = std::fs::metadata(&lib).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+        let host_inode = std::fs::metadata(&lib)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
         let path = script("slow_leak.py");
         let shell = format!(
             "mount --bind '{}' '{}' && exec '{}' '{}'",
@@ -379,14 +397,21 @@ fn trace_target_in_private_mount_namespace() {
         std::thread::sleep(Duration::from_millis(1500));
         // The exec'd interpreter keeps unshare's pid.
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", target.pid())).expect("maps");
-        assert!(maps.contains(&lib.display().to_string()), "the target did not map {}:\n{maps}", lib.display());
+        assert!(
+            maps.contains(&lib.display().to_string()),
+            "the target did not map {}:\n{maps}",
+            lib.display()
+        );
         let mapped_inode: u64 = maps
             .lines()
             .find(|l| l.ends_with(&lib.display().to_string()))
             .and_then(|l| l.split_whitespace().nth(4))
             .and_then(|i| i.parse().ok())
             .expect("inode in maps");
-        assert_ne!(mapped_inode, host_inode, "the bind mount did not take effect");
+        assert_ne!(
+            mapped_inode, host_inode,
+            "the bind mount did not take effect"
+        );
 
         let mut tracer = Tracer::start(target.pid(), &["--duration", "3"]);
         tracer.wait_attached();
@@ -398,4 +423,3 @@ fn trace_target_in_private_mount_namespace() {
         );
     });
 }
-

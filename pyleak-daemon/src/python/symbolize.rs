@@ -1,9 +1,10 @@
 //! Turning a frame's (code object address, position) into (function, qualname, file, line)
 //! by reading the code object from the target's memory.
 //!
-//! Code objects are read once and cached by address. Before a cached entry is reused its
-//! fingerprint (type, name/file/line-table pointers, first line) is read again, so a code
-//! object freed and replaced at the same address is noticed rather than misnamed.
+//! Code objects are read once and cached by address. The kernel records each frame's
+//! `co_firstlineno`; a cached entry is used only when it matches, and a new read must match
+//! it too (and have `PyCode_Type` as its type), so a code object freed and replaced at the
+//! same address is noticed rather than misnamed.
 use std::collections::HashMap;
 
 use super::{layout::Layout, linetable};
@@ -47,14 +48,19 @@ impl Symbolizer {
     /// code object that cannot be read, or that is no longer the one captured (freed, its
     /// address reused), gives `Frame::unknown` rather than another function's name.
     pub fn frame(&mut self, code: u64, instr: u32, first_line: u32) -> Frame {
-        let Some(fp) = self.fingerprint(code) else {
-            return Frame::unknown(code);
-        };
-        if fp.ob_type != self.code_type || fp.firstlineno != first_line {
-            return Frame::unknown(code);
-        }
-        let fresh = self.cache.get(&code).is_some_and(|c| c.fingerprint == fp);
-        if !fresh {
+        // A cached code object at this address with the same first line is taken as the same
+        // one without reading the target again: symbolizing must keep up with a process
+        // that makes thousands of new stacks a second (imports), or their code objects are
+        // gone before they are read. (Another function reusing the address would also have
+        // to start on the same line to be mistaken for it.)
+        let cached = self.cache.get(&code).is_some_and(|c| c.fingerprint.firstlineno == first_line);
+        if !cached {
+            let Some(fp) = self.fingerprint(code) else {
+                return Frame::unknown(code);
+            };
+            if fp.ob_type != self.code_type || fp.firstlineno != first_line {
+                return Frame::unknown(code);
+            }
             match self.read_code(code, &fp) {
                 Some(info) => {
                     self.cache.insert(code, info);
