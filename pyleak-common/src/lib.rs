@@ -171,6 +171,9 @@ pub struct Inflight {
     pub kind: u32,
 }
 
+/// `PyTarget::tstate_kind`: no running-thread-state source is known (a stripped 3.12+ build
+/// without the `_Py_tss_tstate` symbol); only the pthread-key fallback is used.
+pub const TSTATE_KEY_ONLY: u32 = 0;
 /// `PyTarget::tstate_kind`: `tstate = *(PyThreadState **)tstate_addr`
 /// (3.8–3.11 `_PyRuntime.gilstate.tstate_current`).
 pub const TSTATE_GLOBAL: u32 = 1;

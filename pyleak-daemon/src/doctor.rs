@@ -176,6 +176,7 @@ fn target_checks(pid: u32, out: &mut String) -> Vec<Check> {
                 match t.tstate_kind {
                     pyleak_common::TSTATE_GLOBAL => "_PyRuntime.gilstate.tstate_current",
                     pyleak_common::TSTATE_TLS_DYNAMIC => "_Py_tss_tstate thread-local (shared library TLS)",
+                    pyleak_common::TSTATE_KEY_ONLY => "none (stripped: no _Py_tss_tstate symbol)",
                     _ => "_Py_tss_tstate thread-local (executable TLS)",
                 },
                 if t.pthread_specific == pyleak_common::ABSENT { "none" } else { "autoTSSkey pthread key" }

@@ -7,7 +7,8 @@ use aya_ebpf::helpers::{
 };
 use pyleak_common::{
     ABSENT, Counter, INSTR_I32, MAX_FRAMES, PyTarget, STACK_NO_PYTHON, STACK_READ_ERROR,
-    STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
+    STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY, TSTATE_TLS_DYNAMIC,
+    TSTATE_TLS_STATIC,
 };
 
 use crate::maps::{FSBASE_OFFSET, MAX_DEPTH, count};
@@ -91,6 +92,7 @@ fn running_tstate(t: &PyTarget) -> Result<u64, ()> {
             read((block as i64 + t.tls_offset) as u64)
         }
         TSTATE_TLS_STATIC => read((fsbase()? as i64 + t.tls_offset) as u64),
+        TSTATE_KEY_ONLY => Ok(0),
         _ => Err(()),
     }
 }

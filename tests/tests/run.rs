@@ -321,3 +321,40 @@ fn pyleak_json_run(
     assert_eq!(finished.status.code(), Some(0), "{finished}");
     serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("json")
 }
+
+/// A stripped libpython (no .symtab, as distributions ship it) of 3.12+ has no
+/// `_Py_tss_tstate` symbol: pyleak must fall back to the PyGILState pthread key
+/// and still find the leak. The test strips a copy of the pyenv library and
+/// loads it with LD_LIBRARY_PATH (searched before the binary's RUNPATH).
+#[test]
+fn run_stripped_libpython() {
+    let Some(strip) = pyleak_e2e::find_in_path("strip") else {
+        panic!("strip (binutils) is needed for this test");
+    };
+    for_each_python(|python| {
+        if python.minor_number() < 12 {
+            return; // before 3.12 the thread state comes from the exported _PyRuntime
+        }
+        let prefix = python.path.parent().and_then(|p| p.parent()).expect("pyenv prefix");
+        let name = format!("libpython{}.so.1.0", python.minor);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new(&strip)
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(dir.path().join(&name))
+            .arg(prefix.join("lib").join(&name))
+            .status()
+            .expect("running strip");
+        assert!(status.success(), "strip failed");
+        let path = script("run_leak.py");
+        let leak = marker_line(&path, "LEAK");
+        let lib_dir = dir.path().to_str().expect("utf-8").to_string();
+        let report = pyleak_json_run(&python.path, &path, &[("LD_LIBRARY_PATH", &lib_dir)]);
+        assert!(
+            report["python"]["executable"].as_str().is_some_and(|e| e.starts_with(&lib_dir)),
+            "the target did not load the stripped copy\n{report:#}"
+        );
+        let top = &report["stacks"][0]["frames"][0];
+        assert_eq!(top["line"].as_u64(), Some(leak as u64), "the top stack is not the leak\n{report:#}");
+    });
+}

@@ -1,7 +1,9 @@
 //! Building the kernel's `PyTarget` for one process: the version's offsets plus the
 //! process-specific addresses (load bias applied) of the thread-state source.
 use anyhow::{Result, bail};
-use pyleak_common::{ABSENT, PyTarget, TSTATE_GLOBAL, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC};
+use pyleak_common::{
+    ABSENT, PyTarget, TSTATE_GLOBAL, TSTATE_KEY_ONLY, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
+};
 
 use super::layout::{Layout, TstateSource};
 use crate::discovery::{Interpreter, Linkage};
@@ -48,10 +50,17 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
         }
         TstateSource::ThreadLocal => {
             let Some(tls) = interp.image.tls_symbol(TSS_TSTATE) else {
-                bail!(
-                    "{} has no symbol table entry for {TSS_TSTATE} (a stripped build); pyleak cannot find the thread state",
-                    interp.path
-                );
+                // A stripped build: no symbol for the thread-local. Every Python thread is
+                // still registered under the PyGILState pthread key, which is enough.
+                if t.pthread_specific == ABSENT {
+                    bail!(
+                        "{} is stripped (no {TSS_TSTATE} symbol) and the C library's pthread layout could not be measured; pyleak cannot find thread states",
+                        interp.path
+                    );
+                }
+                tracing::info!(path = %interp.path, "no {TSS_TSTATE} symbol (stripped); using the pthread-key thread state only");
+                t.tstate_kind = TSTATE_KEY_ONLY;
+                return Ok(t);
             };
             match interp.linkage {
                 Linkage::Shared => {
