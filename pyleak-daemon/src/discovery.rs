@@ -35,6 +35,10 @@ pub enum TargetError {
     UnsupportedVersion { pid: u32, version: String, supported: String },
     #[error("cannot tell which Python version {path} is: no Py_Version symbol and no version in its file name")]
     UnknownVersion { path: String },
+    #[error(
+        "pid {pid} runs a free-threaded (no-GIL) CPython build ({path}); pyleak does not support those yet: its objects, frames and bytecode are laid out differently"
+    )]
+    FreeThreaded { pid: u32, path: String },
 }
 
 /// A CPython version.
@@ -186,7 +190,30 @@ pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
     let bias = load_bias(&maps, &path, &image)
         .with_context(|| format!("{path} is not mapped at file offset 0 in pid {pid}"))?;
     let version = detect_version(&image, &path)?;
+    if is_free_threaded(&image, &path) {
+        return Err(TargetError::FreeThreaded { pid, path }.into());
+    }
     Ok(Interpreter { path, host_path: host, image, bias, linkage, version })
+}
+
+/// Whether the build is free-threaded (PEP 703, 3.13+): a `t` after the version in the file
+/// name (`libpython3.13t.so`, `python3.13t`), or `_Py_DebugOffsets.free_threaded` set at the
+/// start of the `.PyRuntime` section (after the "xdebugpy" cookie and the version).
+pub fn is_free_threaded(image: &ElfImage, path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let rest = base.strip_prefix("libpython").or_else(|| base.strip_prefix("python")).unwrap_or("");
+    let digits_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+    if rest[digits_end..].starts_with('t') && digits_end > 0 {
+        return true;
+    }
+    image.section(".PyRuntime").is_some_and(debug_offsets_free_threaded)
+}
+
+/// `_Py_DebugOffsets`: cookie[8] = "xdebugpy", u64 version, u64 free_threaded, ...
+fn debug_offsets_free_threaded(runtime: &[u8]) -> bool {
+    runtime.len() >= 24
+        && &runtime[0..8] == b"xdebugpy"
+        && u64::from_le_bytes(runtime[16..24].try_into().expect("8 bytes")) != 0
 }
 
 /// Load bias: where the file's first page is mapped, minus its link-time address.
@@ -296,6 +323,34 @@ mod tests {
             Some(PyVersion { major: 3, minor: 9, micro: None })
         );
         assert_eq!(version_from_name("/bin/sleep"), None);
+    }
+
+    #[test]
+    fn free_threaded_builds_are_recognized() {
+        let mut image = b"xdebugpy".to_vec();
+        image.extend(0x030d_00f0u64.to_le_bytes());
+        image.extend(1u64.to_le_bytes());
+        assert!(debug_offsets_free_threaded(&image));
+        image[16] = 0;
+        assert!(!debug_offsets_free_threaded(&image));
+        assert!(!debug_offsets_free_threaded(b"notdebug"));
+        // The installed GIL builds are not free-threaded; 3.13's section says so too.
+        for lib in [
+            "/root/.pyenv/versions/3.13.0/lib/libpython3.13.so.1.0",
+            "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0",
+        ] {
+            if let Ok(img) = ElfImage::open(Path::new(lib)) {
+                assert!(!is_free_threaded(&img, lib), "{lib}");
+                if lib.contains("3.13") {
+                    let section = img.section(".PyRuntime").expect(".PyRuntime in 3.13");
+                    assert_eq!(&section[0..8], b"xdebugpy");
+                }
+            }
+        }
+        let own = ElfImage::open(&std::fs::read_link("/proc/self/exe").unwrap()).unwrap();
+        assert!(is_free_threaded(&own, "/usr/lib/libpython3.13t.so.1.0"));
+        assert!(is_free_threaded(&own, "/usr/bin/python3.14t"));
+        assert!(!is_free_threaded(&own, "/usr/bin/python3.13"));
     }
 
     #[test]
