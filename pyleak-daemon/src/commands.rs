@@ -66,6 +66,7 @@ pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> 
     launch::install_interrupt_handler();
     let child = Child::spawn_until_python(argv)?;
     let pid = child.pid;
+    tracing::debug!(pid, "child stopped with its runtime mapped");
     let session = match Session::attach(pid, load_options(cap), true) {
         Ok(s) => s,
         Err(e) => {
@@ -88,6 +89,7 @@ pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> 
         || session.sync(),
     )?;
     eprintln!("pyleak: pid {pid} exited with status {status}");
+    tracing::debug!(pid, "building the report");
     let raw = session.finish(rep.min_age.map(Duration::from_secs_f64));
     write_report(&raw, rep)
 }

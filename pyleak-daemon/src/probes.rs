@@ -179,25 +179,34 @@ impl Probes {
     }
 
     /// Attaches the programs for each site of `file` (a path reaching the target's file),
-    /// firing only in `pid`.
+    /// firing only in `pid`. Each program gets one uprobe_multi link covering all its sites
+    /// in the file: detaching separate uprobes waits for an RCU grace period each (measured:
+    /// 4.5 s for 40 probes), a multi link detaches them all at once.
     pub fn attach(&mut self, pid: u32, file: &Path, sites: &[ProbeSite]) -> Result<()> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?);
-        let mut links = Vec::new();
+        let mut by_program: Vec<(&'static str, Vec<u64>)> = Vec::new();
         for site in sites {
             let mut names = vec![site.kind.entry_program()];
             if !matches!(site.kind, AllocFn::Free | AllocFn::Finalize) {
                 names.push(PROG_ALLOC_EXIT);
             }
             for name in names {
-                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
-                let id = prog
-                    .attach([site.file_offset], file, scope)
-                    .map_err(|e| permission_hint(anyhow!(e)))
-                    .with_context(|| {
-                        format!("attaching {name} to {} ({}+{:#x}) in pid {pid}", site.function, file.display(), site.file_offset)
-                    })?;
-                links.push((name, id));
+                match by_program.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, offsets)) => offsets.push(site.file_offset),
+                    None => by_program.push((name, vec![site.file_offset])),
+                }
             }
+        }
+        let mut links = Vec::new();
+        for (name, offsets) in by_program {
+            let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(offsets.iter().copied(), file, scope)
+                .map_err(|e| permission_hint(anyhow!(e)))
+                .with_context(|| {
+                    format!("attaching {name} to {} at {offsets:#x?} in pid {pid}", file.display())
+                })?;
+            links.push((name, id));
         }
         self.links.entry(pid).or_default().extend(links);
         Ok(())

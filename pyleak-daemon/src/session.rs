@@ -119,6 +119,7 @@ impl Session {
             anyhow::bail!("{} exports none of CPython's allocator functions; nothing to probe", interp.path);
         }
         let (mut probes, tables, ring) = Probes::load(opts)?;
+        tracing::debug!(pid, "kernel programs loaded");
         probes.add_target(pid, &py_target)?;
         probes.attach(pid, &interp.host_path, &sites)?;
         if let Some(lib) = &libc {
@@ -176,6 +177,7 @@ impl Session {
             );
         }
         self.probes.detach(self.pid);
+        tracing::debug!(pid = self.pid, "detached");
         self.stop.store(true, Ordering::SeqCst);
         if let Some(w) = self.worker.take() {
             let _ = w.join();
@@ -188,6 +190,7 @@ impl Session {
             let cutoff = monotonic_ns().saturating_sub(age.as_nanos() as u64);
             self.tables.live_blocks(self.pid).into_iter().filter(|b| b.2 <= cutoff).collect::<Vec<_>>()
         });
+        tracing::debug!(pid = self.pid, "symbolized");
         let counters = self.tables.counters();
         tracing::debug!(pid = self.pid, ?counters, "kernel counters at the end of the trace");
         aggregate::build(aggregate::Inputs {

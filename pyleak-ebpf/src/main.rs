@@ -19,14 +19,14 @@ use aya_ebpf::{
 use pyleak_common::CALL_MALLOC;
 
 /// `void *malloc(size_t)`, `PyObject_Malloc`, `PyMem_Malloc`, `PyMem_RawMalloc`.
-#[uprobe]
+#[uprobe(multi)]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
     alloc::enter_malloc(ctx.arg::<u64>(0).unwrap_or(0));
     0
 }
 
 /// `void *calloc(size_t nelem, size_t elsize)` and the Py* variants.
-#[uprobe]
+#[uprobe(multi)]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     let nelem = ctx.arg::<u64>(0).unwrap_or(0);
     let elsize = ctx.arg::<u64>(1).unwrap_or(0);
@@ -54,7 +54,7 @@ fn saturating_mul(a: u64, b: u64) -> u64 {
 }
 
 /// `void *realloc(void *ptr, size_t size)` and the Py* variants.
-#[uprobe]
+#[uprobe(multi)]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
     let ptr = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
@@ -63,7 +63,7 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 }
 
 /// `int posix_memalign(void **memptr, size_t align, size_t size)`.
-#[uprobe]
+#[uprobe(multi)]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     let memptr = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
@@ -72,28 +72,28 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
 }
 
 /// `void *aligned_alloc(size_t align, size_t size)`, `memalign` (same arguments).
-#[uprobe]
+#[uprobe(multi)]
 pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
     alloc::enter_malloc(ctx.arg::<u64>(1).unwrap_or(0));
     0
 }
 
 /// Return of any allocating function above.
-#[uretprobe]
+#[uretprobe(multi)]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     alloc::exit(ctx.ret::<u64>());
     0
 }
 
 /// `void free(void *)`, `PyObject_Free`, `PyMem_Free`, `PyMem_RawFree`.
-#[uprobe]
+#[uprobe(multi)]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     free::free(ctx.arg::<u64>(0).unwrap_or(0));
     0
 }
 
 /// `void Py_FinalizeEx(void)`: the interpreter starts shutting down.
-#[uprobe]
+#[uprobe(multi)]
 pub fn finalize_enter(_ctx: ProbeContext) -> u32 {
     alloc::finalize();
     0
