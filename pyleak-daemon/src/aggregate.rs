@@ -40,7 +40,13 @@ pub fn build(inp: Inputs<'_>) -> Report {
         let (frames, truncated) = frames_of(*id, inp.resolved);
         per_stack.insert(
             *id,
-            StackStats { outstanding_bytes, outstanding_allocations, allocated_bytes: c.allocated_bytes, frames, truncated },
+            StackStats {
+                outstanding_bytes,
+                outstanding_allocations,
+                allocated_bytes: c.allocated_bytes,
+                frames,
+                truncated,
+            },
         );
     }
     if let Some(live) = &inp.live {
@@ -68,7 +74,9 @@ pub fn build(inp: Inputs<'_>) -> Report {
     }
     let truncated = counter(Counter::StacksTruncated);
     if truncated > 0 {
-        python.notes.push(format!("{truncated} allocations had deeper stacks than the capture depth; their outer frames are cut"));
+        python.notes.push(format!(
+            "{truncated} allocations had deeper stacks than the capture depth; their outer frames are cut"
+        ));
     }
     let no_python = counter(Counter::NoPythonStack);
     if no_python > 0 {
@@ -78,7 +86,9 @@ pub fn build(inp: Inputs<'_>) -> Report {
     }
     let read_errors = counter(Counter::FrameReadErrors) + counter(Counter::TstateReadErrors);
     if read_errors > 0 {
-        python.notes.push(format!("{read_errors} stack captures hit an unreadable frame; those stacks are partial"));
+        python
+            .notes
+            .push(format!("{read_errors} stack captures hit an unreadable frame; those stacks are partial"));
     }
     if totals.lost_events > 0 {
         python.notes.push(format!(
@@ -88,7 +98,9 @@ pub fn build(inp: Inputs<'_>) -> Report {
     }
 
     let mut stacks: Vec<StackStats> = per_stack.into_values().collect();
-    stacks.sort_by(|a, b| b.outstanding_bytes.cmp(&a.outstanding_bytes).then(b.allocated_bytes.cmp(&a.allocated_bytes)));
+    stacks.sort_by(|a, b| {
+        b.outstanding_bytes.cmp(&a.outstanding_bytes).then(b.allocated_bytes.cmp(&a.allocated_bytes))
+    });
     Report {
         pid: inp.pid,
         command: inp.command,

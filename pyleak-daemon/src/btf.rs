@@ -66,18 +66,10 @@ pub enum BtfError {
     },
     /// The bytes are not well-formed BTF; `offset` is from the start of the blob.
     #[error("malformed btf in {origin} at byte {offset}: {reason}")]
-    Malformed {
-        origin: String,
-        offset: usize,
-        reason: String,
-    },
+    Malformed { origin: String, offset: usize, reason: String },
     /// A type id points outside the type table, or a chain of references loops.
     #[error("bad btf type id {type_id} in {origin}: {reason}")]
-    BadType {
-        origin: String,
-        type_id: u32,
-        reason: &'static str,
-    },
+    BadType { origin: String, type_id: u32, reason: &'static str },
     /// No struct of this name (or only empty forward-declared ones).
     #[error("struct {name} not found in {origin}")]
     StructNotFound { name: String, origin: String },
@@ -92,14 +84,8 @@ pub enum BtfError {
     #[error("member `{member}` of {container} is not a struct or union, cannot look inside it")]
     NotComposite { member: String, container: String },
     /// The member is a bitfield that does not start on a byte boundary.
-    #[error(
-        "member `{path}` of struct {struct_name} is at bit offset {bit_offset}, not on a byte boundary"
-    )]
-    Unaligned {
-        struct_name: String,
-        path: String,
-        bit_offset: u64,
-    },
+    #[error("member `{path}` of struct {struct_name} is at bit offset {bit_offset}, not on a byte boundary")]
+    Unaligned { struct_name: String, path: String, bit_offset: u64 },
     /// The summed offset does not fit a `u32` (only possible with malformed input).
     #[error("offset of member `{path}` of struct {struct_name} does not fit in 32 bits")]
     OffsetOverflow { struct_name: String, path: String },
@@ -133,11 +119,7 @@ struct BtfMember {
 impl BtfMember {
     /// Bit offset from the start of the containing struct/union.
     fn bit_offset(&self, kind_flag: bool) -> u64 {
-        if kind_flag {
-            u64::from(self.offset & 0x00ff_ffff)
-        } else {
-            u64::from(self.offset)
-        }
+        if kind_flag { u64::from(self.offset & 0x00ff_ffff) } else { u64::from(self.offset) }
     }
 }
 
@@ -160,11 +142,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn malformed(&self, offset: usize, reason: impl Into<String>) -> BtfError {
-        BtfError::Malformed {
-            origin: self.origin.to_owned(),
-            offset,
-            reason: reason.into(),
-        }
+        BtfError::Malformed { origin: self.origin.to_owned(), offset, reason: reason.into() }
     }
 
     fn bytes<const N: usize>(&self, at: usize, what: &str) -> Result<[u8; N], BtfError> {
@@ -222,8 +200,8 @@ fn trailing_len(kind: u8, vlen: usize) -> Option<usize> {
         KIND_DATASEC => 12 * vlen,
         KIND_DECL_TAG => 4,
         KIND_ENUM64 => 12 * vlen,
-        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-        | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
+        | KIND_FLOAT | KIND_TYPE_TAG => 0,
         _ => return None,
     })
 }
@@ -245,18 +223,12 @@ impl Btf {
 
     /// Reads and parses a raw BTF file (not an ELF object).
     pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.to_owned(), source })?;
         Self::parse(&data, path.display().to_string())
     }
 
     fn parse(data: &[u8], origin: String) -> Result<Btf, BtfError> {
-        let r = Reader {
-            data,
-            origin: &origin,
-        };
+        let r = Reader { data, origin: &origin };
         // struct btf_header { u16 magic; u8 version; u8 flags; u32 hdr_len;
         //                     u32 type_off, type_len, str_off, str_len; }
         let magic = r.u16(0, "header")?;
@@ -274,13 +246,9 @@ impl Btf {
         }
         let hdr_len = r.u32(4, "header")? as usize;
         if hdr_len < HEADER_LEN || hdr_len > data.len() {
-            return Err(r.malformed(
-                4,
-                format!(
-                    "header length {hdr_len} is outside {HEADER_LEN}..={}",
-                    data.len()
-                ),
-            ));
+            return Err(
+                r.malformed(4, format!("header length {hdr_len} is outside {HEADER_LEN}..={}", data.len()))
+            );
         }
         let type_off = r.u32(8, "header")?;
         let type_len = r.u32(12, "header")?;
@@ -293,10 +261,7 @@ impl Btf {
         // NUL; with that, every in-range name offset has a terminator.
         let strings = &data[str_range.clone()];
         if !strings.is_empty() && (strings[0] != 0 || strings[strings.len() - 1] != 0) {
-            return Err(r.malformed(
-                str_range.start,
-                "string section does not start and end with a nul byte",
-            ));
+            return Err(r.malformed(str_range.start, "string section does not start and end with a nul byte"));
         }
         let check_name = |name_off: u32, at: usize| -> Result<(), BtfError> {
             if name_off == 0 || (name_off as usize) < strings.len() {
@@ -304,10 +269,7 @@ impl Btf {
             } else {
                 Err(r.malformed(
                     at,
-                    format!(
-                        "name offset {name_off} is past the string section ({} bytes)",
-                        strings.len()
-                    ),
+                    format!("name offset {name_off} is past the string section ({} bytes)", strings.len()),
                 ))
             }
         };
@@ -335,18 +297,13 @@ impl Btf {
             let kind = ((info >> 24) & 0x1f) as u8;
             let kind_flag = info >> 31 == 1;
             let type_id = types.len();
-            let extra = trailing_len(kind, vlen).ok_or_else(|| {
-                r.malformed(
-                    pos,
-                    format!("unknown btf kind {kind} for type id {type_id}"),
-                )
-            })?;
+            let extra = trailing_len(kind, vlen)
+                .ok_or_else(|| r.malformed(pos, format!("unknown btf kind {kind} for type id {type_id}")))?;
             let body = pos + TYPE_LEN;
             if type_range.end - body < extra {
-                return Err(r.malformed(
-                    pos,
-                    format!("type id {type_id} (kind {kind}) runs past the type section"),
-                ));
+                return Err(
+                    r.malformed(pos, format!("type id {type_id} (kind {kind}) runs past the type section"))
+                );
             }
             let members_start = members.len();
             let mut members_len = 0;
@@ -364,23 +321,11 @@ impl Btf {
                 }
                 members_len = vlen;
             }
-            types.push(BtfType {
-                name_off,
-                kind,
-                kind_flag,
-                size_or_type,
-                members_start,
-                members_len,
-            });
+            types.push(BtfType { name_off, kind, kind_flag, size_or_type, members_start, members_len });
             pos = body + extra;
         }
 
-        Ok(Btf {
-            types,
-            members,
-            strings: strings.to_vec(),
-            origin,
-        })
+        Ok(Btf { types, members, strings: strings.to_vec(), origin })
     }
 
     /// Byte offset of a member path inside a named struct, following nested struct/union
@@ -391,9 +336,7 @@ impl Btf {
     /// trying non-empty ones first; if none has it, the error is from the first one tried.
     pub fn member_offset(&self, struct_name: &str, path: &[&str]) -> Result<u32, BtfError> {
         if path.is_empty() {
-            return Err(BtfError::EmptyPath {
-                struct_name: struct_name.to_owned(),
-            });
+            return Err(BtfError::EmptyPath { struct_name: struct_name.to_owned() });
         }
         // Candidates with a body first: an empty `struct foo {}` (or a stray zero-sized
         // duplicate) should not be the one whose error is reported.
@@ -426,22 +369,13 @@ impl Btf {
         self.types.len()
     }
 
-    fn path_offset(
-        &self,
-        struct_id: u32,
-        struct_name: &str,
-        path: &[&str],
-    ) -> Result<u32, BtfError> {
+    fn path_offset(&self, struct_id: u32, struct_name: &str, path: &[&str]) -> Result<u32, BtfError> {
         let mut container = struct_id;
         let mut bits: u64 = 0;
         for (i, &member) in path.iter().enumerate() {
-            let (member_bits, member_type) =
-                self.find_member(container, member, 0)?.ok_or_else(|| {
-                    BtfError::MemberNotFound {
-                        member: member.to_owned(),
-                        container: self.describe(container),
-                    }
-                })?;
+            let (member_bits, member_type) = self.find_member(container, member, 0)?.ok_or_else(|| {
+                BtfError::MemberNotFound { member: member.to_owned(), container: self.describe(container) }
+            })?;
             bits += member_bits;
             if i + 1 < path.len() {
                 let next = self.resolve(member_type)?;
@@ -470,12 +404,7 @@ impl Btf {
     /// Finds `name` among the members of struct/union `container`, descending into anonymous
     /// struct/union members as C does. Returns the bit offset from `container`'s start and the
     /// member's (unresolved) type id.
-    fn find_member(
-        &self,
-        container: u32,
-        name: &str,
-        depth: usize,
-    ) -> Result<Option<(u64, u32)>, BtfError> {
+    fn find_member(&self, container: u32, name: &str, depth: usize) -> Result<Option<(u64, u32)>, BtfError> {
         if depth > MAX_ANON_DEPTH {
             return Err(self.bad_type(container, "anonymous members nest too deeply (a loop?)"));
         }
@@ -489,8 +418,7 @@ impl Btf {
             if member_name.is_empty() {
                 let inner = self.resolve(m.type_id)?;
                 if is_composite(self.ty(inner)?.kind)
-                    && let Some((inner_offset, type_id)) =
-                        self.find_member(inner, name, depth + 1)?
+                    && let Some((inner_offset, type_id)) = self.find_member(inner, name, depth + 1)?
                 {
                     return Ok(Some((offset + inner_offset, type_id)));
                 }
@@ -514,15 +442,11 @@ impl Btf {
     }
 
     fn ty(&self, type_id: u32) -> Result<&BtfType, BtfError> {
-        self.types
-            .get(type_id as usize)
-            .ok_or_else(|| self.bad_type(type_id, "no such type"))
+        self.types.get(type_id as usize).ok_or_else(|| self.bad_type(type_id, "no such type"))
     }
 
     fn members_of(&self, t: &BtfType) -> &[BtfMember] {
-        self.members
-            .get(t.members_start..t.members_start.saturating_add(t.members_len))
-            .unwrap_or(&[])
+        self.members.get(t.members_start..t.members_start.saturating_add(t.members_len)).unwrap_or(&[])
     }
 
     /// The NUL-terminated name at `name_off`; empty for anonymous types and for offsets that
@@ -551,11 +475,7 @@ impl Btf {
     }
 
     fn bad_type(&self, type_id: u32, reason: &'static str) -> BtfError {
-        BtfError::BadType {
-            origin: self.origin.clone(),
-            type_id,
-            reason,
-        }
+        BtfError::BadType { origin: self.origin.clone(), type_id, reason }
     }
 }
 
@@ -575,9 +495,7 @@ mod tests {
     /// The running kernel's BTF, or `None` (with a message) on kernels without it.
     fn sys_btf() -> Option<Btf> {
         if !Path::new(SYS_FS_VMLINUX).exists() {
-            eprintln!(
-                "skipping: {SYS_FS_VMLINUX} missing (kernel built without CONFIG_DEBUG_INFO_BTF)"
-            );
+            eprintln!("skipping: {SYS_FS_VMLINUX} missing (kernel built without CONFIG_DEBUG_INFO_BTF)");
             return None;
         }
         Some(Btf::from_sys_fs().unwrap_or_else(|e| panic!("{e}")))
@@ -594,15 +512,9 @@ mod tests {
     fn sys_errors_name_what_is_missing() {
         let Some(btf) = sys_btf() else { return };
         let err = btf.member_offset("no_such_struct_xyz", &["a"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "struct no_such_struct_xyz not found in /sys/kernel/btf/vmlinux"
-        );
+        assert_eq!(err.to_string(), "struct no_such_struct_xyz not found in /sys/kernel/btf/vmlinux");
         let err = btf.member_offset("list_head", &["nope"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "member `nope` not found in struct list_head"
-        );
+        assert_eq!(err.to_string(), "member `nope` not found in struct list_head");
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -612,20 +524,14 @@ mod tests {
         let fsbase = task_fsbase_offset().unwrap_or_else(|e| panic!("{e}"));
         eprintln!("task_struct.thread.fsbase at byte {fsbase}");
         // An unsigned long somewhere inside task_struct (a few KiB on every config).
-        assert!(
-            fsbase > 0 && fsbase < 64 * 1024,
-            "implausible offset {fsbase}"
-        );
+        assert!(fsbase > 0 && fsbase < 64 * 1024, "implausible offset {fsbase}");
         assert_eq!(fsbase % 8, 0, "fsbase is an unsigned long, 8-byte aligned");
 
         let pid = btf.member_offset("task_struct", &["pid"]).unwrap();
         let thread = btf.member_offset("task_struct", &["thread"]).unwrap();
         // `thread` is documented to be the last member of task_struct (it varies in size).
         assert!(pid < thread, "pid {pid} should precede thread {thread}");
-        assert!(
-            fsbase > thread && fsbase - thread < 512,
-            "fsbase {fsbase}, thread {thread}"
-        );
+        assert!(fsbase > thread && fsbase - thread < 512, "fsbase {fsbase}, thread {thread}");
 
         match independent_fsbase_offset() {
             Some((source, expected)) => {
@@ -640,12 +546,8 @@ mod tests {
     /// it, when one of them is installed.
     fn independent_fsbase_offset() -> Option<(&'static str, u32)> {
         for bpftool in ["bpftool", "/usr/sbin/bpftool"] {
-            if let Some(raw) = run(
-                bpftool,
-                &["btf", "dump", "file", SYS_FS_VMLINUX, "format", "raw"],
-            ) {
-                if let Some(offset) = bpftool_raw_offset(&raw, "task_struct", &["thread", "fsbase"])
-                {
+            if let Some(raw) = run(bpftool, &["btf", "dump", "file", SYS_FS_VMLINUX, "format", "raw"]) {
+                if let Some(offset) = bpftool_raw_offset(&raw, "task_struct", &["thread", "fsbase"]) {
                     return Some(("bpftool btf dump format raw", offset));
                 }
                 eprintln!("bpftool ran but its dump did not have task_struct.thread.fsbase");
@@ -658,13 +560,8 @@ mod tests {
     }
 
     fn run(program: &str, args: &[&str]) -> Option<String> {
-        let out = std::process::Command::new(program)
-            .args(args)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = std::process::Command::new(program).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Resolves a member path over `bpftool btf dump format raw` text, whose lines look like
@@ -685,9 +582,7 @@ mod tests {
             }
         }
         let field = |text: &str, key: &str| -> Option<u32> {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
+            text.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok())
         };
         let head = format!("STRUCT '{struct_name}' ");
         let mut ids: Vec<_> = records
@@ -700,11 +595,7 @@ mod tests {
         let mut bits = 0;
         for (i, name) in path.iter().enumerate() {
             let quoted = format!("'{name}' ");
-            let member = records
-                .get(&id)?
-                .1
-                .iter()
-                .find(|m| m.starts_with(&quoted))?;
+            let member = records.get(&id)?.1.iter().find(|m| m.starts_with(&quoted))?;
             bits += field(member, "bits_offset=")?;
             id = field(member, "type_id=")?;
             while i + 1 < path.len() {
@@ -737,14 +628,8 @@ mod tests {
                    \t'fsindex' type_id=1 bits_offset=288 bitfield_size=16\n\
                    \t'fsbase' type_id=1 bits_offset=320\n\
                    [222] CONST '(anon)' type_id=221\n";
-        assert_eq!(
-            bpftool_raw_offset(raw, "task_struct", &["thread", "fsbase"]),
-            Some(3128)
-        );
-        assert_eq!(
-            bpftool_raw_offset(raw, "task_struct", &["thread", "gs"]),
-            None
-        );
+        assert_eq!(bpftool_raw_offset(raw, "task_struct", &["thread", "fsbase"]), Some(3128));
+        assert_eq!(bpftool_raw_offset(raw, "task_struct", &["thread", "gs"]), None);
         let pahole = "struct thread_struct {\n\
                       \tlong unsigned int          fsbase;               /*    40     8 */\n\
                       };\n";
@@ -763,11 +648,7 @@ mod tests {
 
     impl Blob {
         fn new() -> Blob {
-            Blob {
-                types: Vec::new(),
-                strings: vec![0],
-                next_id: 1,
-            }
+            Blob { types: Vec::new(), strings: vec![0], next_id: 1 }
         }
 
         fn name(&mut self, name: &str) -> u32 {
@@ -781,14 +662,7 @@ mod tests {
         }
 
         /// Appends `struct btf_type` and returns its id; trailing data follows via `word`.
-        fn ty(
-            &mut self,
-            name: &str,
-            kind: u8,
-            kind_flag: bool,
-            vlen: u32,
-            size_or_type: u32,
-        ) -> u32 {
+        fn ty(&mut self, name: &str, kind: u8, kind_flag: bool, vlen: u32, size_or_type: u32) -> u32 {
             let name_off = self.name(name);
             let info = vlen | (u32::from(kind) << 24) | (u32::from(kind_flag) << 31);
             for w in [name_off, info, size_or_type] {
@@ -814,13 +688,7 @@ mod tests {
             out.extend_from_slice(&MAGIC.to_le_bytes());
             out.extend_from_slice(&[1, 0]); // version, flags
             let type_len = self.types.len() as u32;
-            for w in [
-                HEADER_LEN as u32,
-                0,
-                type_len,
-                type_len,
-                self.strings.len() as u32,
-            ] {
+            for w in [HEADER_LEN as u32, 0, type_len, type_len, self.strings.len() as u32] {
                 out.extend_from_slice(&w.to_le_bytes());
             }
             out.extend_from_slice(&self.types);
@@ -939,16 +807,7 @@ mod tests {
         // bitfield_size 3 in the top byte must not leak into the offset.
         assert_eq!(btf.member_offset("outer", &["flags"]).unwrap(), 24);
         let err = btf.member_offset("outer", &["g"]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BtfError::Unaligned {
-                    bit_offset: 195,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, BtfError::Unaligned { bit_offset: 195, .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
             "member `g` of struct outer is at bit offset 195, not on a byte boundary"
@@ -959,28 +818,13 @@ mod tests {
     fn blob_lookup_errors() {
         let btf = sample();
         let msg = |s: &str, p: &[&str]| btf.member_offset(s, p).unwrap_err().to_string();
-        assert_eq!(
-            msg("nosuch", &["x"]),
-            "struct nosuch not found in in-memory btf data"
-        );
+        assert_eq!(msg("nosuch", &["x"]), "struct nosuch not found in in-memory btf data");
         // `color` and `inner_t` exist, but are not structs.
-        assert_eq!(
-            msg("color", &["x"]),
-            "struct color not found in in-memory btf data"
-        );
-        assert_eq!(
-            msg("inner_t", &["a"]),
-            "struct inner_t not found in in-memory btf data"
-        );
-        assert_eq!(
-            msg("outer", &["in", "zzz"]),
-            "member `zzz` not found in struct inner"
-        );
+        assert_eq!(msg("color", &["x"]), "struct color not found in in-memory btf data");
+        assert_eq!(msg("inner_t", &["a"]), "struct inner_t not found in in-memory btf data");
+        assert_eq!(msg("outer", &["in", "zzz"]), "member `zzz` not found in struct inner");
         // Both `struct outer`s lack it; the error names the non-empty one's miss.
-        assert_eq!(
-            msg("outer", &["zzz"]),
-            "member `zzz` not found in struct outer"
-        );
+        assert_eq!(msg("outer", &["zzz"]), "member `zzz` not found in struct outer");
         assert_eq!(
             msg("outer", &["x", "y"]),
             "member `x` of struct outer is not a struct or union, cannot look inside it"
@@ -1003,10 +847,7 @@ mod tests {
         let err = btf.member_offset("cyc", &["nope"]).unwrap_err();
         assert!(matches!(err, BtfError::BadType { .. }), "{err:?}");
         let err = btf.member_offset("dangling", &["d", "x"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "bad btf type id 999 in in-memory btf data: no such type"
-        );
+        assert_eq!(err.to_string(), "bad btf type id 999 in in-memory btf data: no such type");
     }
 
     #[test]
@@ -1014,10 +855,7 @@ mod tests {
         let good = sample_blob();
         let err = |bytes: Vec<u8>| Btf::from_bytes(bytes).unwrap_err().to_string();
 
-        assert_eq!(
-            err(Vec::new()),
-            "malformed btf in in-memory btf data at byte 0: header truncated"
-        );
+        assert_eq!(err(Vec::new()), "malformed btf in in-memory btf data at byte 0: header truncated");
         let mut bad = good.clone();
         bad[0] = 0;
         assert!(err(bad).contains("bad magic 0xeb00"));
@@ -1045,10 +883,7 @@ mod tests {
     fn blob_truncated_input_is_an_error() {
         let good = sample_blob();
         for len in 0..good.len() {
-            assert!(
-                Btf::from_bytes(good[..len].to_vec()).is_err(),
-                "prefix of {len} bytes parsed"
-            );
+            assert!(Btf::from_bytes(good[..len].to_vec()).is_err(), "prefix of {len} bytes parsed");
         }
         // A type section that ends mid-record, with the header agreeing.
         let mut short = good.clone();

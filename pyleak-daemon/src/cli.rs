@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn trace_flags() {
-        let cli = parse(&["trace", "--pid", "42", "--duration", "1.5", "--format", "json", "--top", "3"]).unwrap();
+        let cli =
+            parse(&["trace", "--pid", "42", "--duration", "1.5", "--format", "json", "--top", "3"]).unwrap();
         let Command::Trace { pid, duration, report, capture } = cli.command else { panic!() };
         assert_eq!((pid, duration, report.format, report.top), (42, Some(1.5), Format::Json, Some(3)));
         assert_eq!(capture.stack_depth, 64);
@@ -224,7 +225,9 @@ mod tests {
 
     #[test]
     fn repeatable_filters() {
-        let cli = parse(&["trace", "-p", "1", "--include", "a.py", "--include", "b/*", "--exclude", "*/lib/*"]).unwrap();
+        let cli =
+            parse(&["trace", "-p", "1", "--include", "a.py", "--include", "b/*", "--exclude", "*/lib/*"])
+                .unwrap();
         let Command::Trace { report, .. } = cli.command else { panic!() };
         let o = report.options();
         assert_eq!(o.include, ["a.py", "b/*"]);

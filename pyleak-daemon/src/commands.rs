@@ -99,7 +99,9 @@ fn write_report(raw: &Report, rep: &ReportArgs) -> Result<()> {
     let mut buf = Vec::new();
     report::render(&shaped, rep.format, rep.group_by, &mut buf)?;
     match &rep.output {
-        Some(path) => std::fs::write(path, &buf).with_context(|| format!("writing the report to {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, &buf).with_context(|| format!("writing the report to {}", path.display()))?
+        }
         None => {
             let mut out = std::io::stdout().lock();
             if let Err(e) = out.write_all(&buf).and_then(|_| out.flush())

@@ -33,7 +33,9 @@ pub enum TargetError {
     NotPython { pid: u32, exe: String },
     #[error("pid {pid} runs Python {version}, which pyleak does not support (supported: {supported})")]
     UnsupportedVersion { pid: u32, version: String, supported: String },
-    #[error("cannot tell which Python version {path} is: no Py_Version symbol and no version in its file name")]
+    #[error(
+        "cannot tell which Python version {path} is: no Py_Version symbol and no version in its file name"
+    )]
     UnknownVersion { path: String },
     #[error(
         "pid {pid} runs a free-threaded (no-GIL) CPython build ({path}); pyleak does not support those yet: its objects, frames and bytecode are laid out differently"

@@ -163,7 +163,11 @@ fn target_checks(pid: u32, out: &mut String) -> Vec<Check> {
         checks.push(Check {
             name: "version",
             ok: false,
-            detail: format!("{} is not supported (supported: {}){untested}", interp.version, layout::supported_list()),
+            detail: format!(
+                "{} is not supported (supported: {}){untested}",
+                interp.version,
+                layout::supported_list()
+            ),
         });
         return checks;
     };

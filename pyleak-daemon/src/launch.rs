@@ -159,7 +159,11 @@ impl Child {
     /// kernel side sends as the interpreter starts shutting down. `at_exit` runs while the
     /// child is held at its exit (memory still readable). Returns the exit status
     /// (128+signal if killed).
-    pub fn run_to_exit(mut self, mut at_finalize: impl FnMut() -> bool, mut at_exit: impl FnMut()) -> Result<i32> {
+    pub fn run_to_exit(
+        mut self,
+        mut at_finalize: impl FnMut() -> bool,
+        mut at_exit: impl FnMut(),
+    ) -> Result<i32> {
         let mut pending = 0;
         loop {
             self.restart(libc::PTRACE_CONT, pending)?;
@@ -169,7 +173,10 @@ impl Child {
                 Event::Killed(sig) => return Ok(128 + sig),
                 Event::Exit => at_exit(),
                 Event::Exec => {
-                    tracing::warn!(pid = self.pid, "the traced process exec'd a new program; its allocations are no longer Python's");
+                    tracing::warn!(
+                        pid = self.pid,
+                        "the traced process exec'd a new program; its allocations are no longer Python's"
+                    );
                     at_exit();
                 }
                 // A group-stop (Ctrl-Z) reports as a stop with no signal info; re-injecting it

@@ -31,7 +31,9 @@ fn main() {
     init_logging(cli.verbose);
     let result = match &cli.command {
         cli::Command::Run { report, capture, command } => commands::run(command, report, capture),
-        cli::Command::Trace { pid, duration, report, capture } => commands::trace(*pid, *duration, report, capture),
+        cli::Command::Trace { pid, duration, report, capture } => {
+            commands::trace(*pid, *duration, report, capture)
+        }
         cli::Command::Doctor(args) => {
             let mut out = String::new();
             let ok = doctor::run(args.pid, &mut out);

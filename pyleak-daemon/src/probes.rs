@@ -6,14 +6,17 @@ use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{UProbe, uprobe::{UProbeLinkId, UProbeScope}},
+    programs::{
+        UProbe,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
 };
 use pyleak_common::{
     AllocInfo, AllocKey, Counter, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH, Inflight, MAP_COUNTERS,
-    MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS, MAP_STACK_STATS, MAP_STACKS, MAP_TARGETS,
-    MAX_FRAMES, NewStack, PROG_ALIGNED_ALLOC_ENTER, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_FINALIZE_ENTER,
-    PROG_FREE_ENTER, PROG_POSIX_MEMALIGN_ENTER, PROG_MALLOC_ENTER,
-    PROG_REALLOC_ENTER, PyTarget, StackCounters, StackKey, StackTrace,
+    MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS, MAP_STACK_STATS, MAP_STACKS, MAP_TARGETS, MAX_FRAMES,
+    NewStack, PROG_ALIGNED_ALLOC_ENTER, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_FINALIZE_ENTER,
+    PROG_FREE_ENTER, PROG_MALLOC_ENTER, PROG_POSIX_MEMALIGN_ENTER, PROG_REALLOC_ENTER, PyTarget,
+    StackCounters, StackKey, StackTrace,
 };
 
 use crate::btf;
@@ -86,7 +89,9 @@ pub enum ProbeError {
         "pyleak needs CAP_SYS_ADMIN to load eBPF programs and attach uprobes: run it as root (sudo), or give the binary the capability (setcap cap_sys_admin,cap_sys_ptrace+ep pyleak)"
     )]
     MissingCapability,
-    #[error("this pyleak was built with AYA_BUILD_SKIP=1 and contains no kernel programs; rebuild it with `cargo xtask build`")]
+    #[error(
+        "this pyleak was built with AYA_BUILD_SKIP=1 and contains no kernel programs; rebuild it with `cargo xtask build`"
+    )]
     NoKernelObject,
 }
 
@@ -128,8 +133,9 @@ impl Probes {
         if !has_sys_admin() {
             return Err(ProbeError::MissingCapability.into());
         }
-        let fsbase = btf::task_fsbase_offset()
-            .context("finding task_struct.thread.fsbase in the kernel's BTF (needed to read thread-local state)")?;
+        let fsbase = btf::task_fsbase_offset().context(
+            "finding task_struct.thread.fsbase in the kernel's BTF (needed to read thread-local state)",
+        )?;
         let depth = opts.max_depth.clamp(1, MAX_FRAMES as u32);
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_MAX_DEPTH, &depth, true)
@@ -175,7 +181,9 @@ impl Probes {
     /// Registers a process with the kernel side (before attaching, so no call is missed).
     pub fn add_target(&mut self, pid: u32, target: &PyTarget) -> Result<()> {
         self.clear_inflight(pid);
-        self.targets.insert(&pid, target, 0).with_context(|| format!("registering pid {pid} with the kernel side"))
+        self.targets
+            .insert(&pid, target, 0)
+            .with_context(|| format!("registering pid {pid} with the kernel side"))
     }
 
     /// Attaches the programs for each site of `file` (a path reaching the target's file),
@@ -305,7 +313,8 @@ pub fn ring_fd(ring: &RingBuf<MapData>) -> i32 {
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    let prog =
+        ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     Ok(prog.try_into()?)
 }
 
@@ -321,4 +330,3 @@ fn permission_hint(err: anyhow::Error) -> anyhow::Error {
     }
     err
 }
-

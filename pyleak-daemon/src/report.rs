@@ -121,8 +121,8 @@ impl Patterns {
         let mut full = GlobSetBuilder::new();
         let mut basename = GlobSetBuilder::new();
         for pattern in patterns {
-            let glob = Glob::new(pattern)
-                .with_context(|| format!("invalid --{option} pattern {pattern:?}"))?;
+            let glob =
+                Glob::new(pattern).with_context(|| format!("invalid --{option} pattern {pattern:?}"))?;
             if !pattern.contains('/') {
                 basename.add(glob.clone());
             }
@@ -175,11 +175,7 @@ impl FrameFilter {
     /// A stack's frames after `--exclude`, or `None` if the stack is filtered out (every frame
     /// excluded, or no remaining frame included).
     fn apply(&self, frames: &[Frame]) -> Option<Vec<Frame>> {
-        let kept: Vec<Frame> = frames
-            .iter()
-            .filter(|f| !self.excluded(&f.file))
-            .cloned()
-            .collect();
+        let kept: Vec<Frame> = frames.iter().filter(|f| !self.excluded(&f.file)).cloned().collect();
         if kept.is_empty() {
             return None;
         }
@@ -224,11 +220,7 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
     let mut groups: Vec<Group> = Vec::new();
     let mut index: HashMap<GroupKey, usize> = HashMap::new();
     for stack in &report.stacks {
-        let frames = if stack.frames.is_empty() {
-            &native[..]
-        } else {
-            &stack.frames[..]
-        };
+        let frames = if stack.frames.is_empty() { &native[..] } else { &stack.frames[..] };
         let Some(frames) = filter.apply(frames) else {
             continue;
         };
@@ -254,19 +246,15 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
             Some(&i) => {
                 let group = &mut groups[i];
                 let sums = &mut group.stats;
-                sums.outstanding_bytes = sums
-                    .outstanding_bytes
-                    .saturating_add(stack.outstanding_bytes);
-                sums.outstanding_allocations = sums
-                    .outstanding_allocations
-                    .saturating_add(stack.outstanding_allocations);
+                sums.outstanding_bytes = sums.outstanding_bytes.saturating_add(stack.outstanding_bytes);
+                sums.outstanding_allocations =
+                    sums.outstanding_allocations.saturating_add(stack.outstanding_allocations);
                 sums.allocated_bytes = sums.allocated_bytes.saturating_add(stack.allocated_bytes);
                 sums.truncated |= stack.truncated;
                 // The larger contributor names the group; equal ones: the smaller frame, so the
                 // result does not depend on the order of `report.stacks`.
-                let larger = weight
-                    .cmp(&group.shown)
-                    .then_with(|| cmp_frames(&group.stats.frames, &shown_frames));
+                let larger =
+                    weight.cmp(&group.shown).then_with(|| cmp_frames(&group.stats.frames, &shown_frames));
                 if larger == Ordering::Greater {
                     group.shown = weight;
                     group.stats.frames = shown_frames;
@@ -288,11 +276,8 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
         }
     }
 
-    let mut stacks: Vec<StackStats> = groups
-        .into_iter()
-        .map(|g| g.stats)
-        .filter(|s| s.outstanding_bytes > 0)
-        .collect();
+    let mut stacks: Vec<StackStats> =
+        groups.into_iter().map(|g| g.stats).filter(|s| s.outstanding_bytes > 0).collect();
     // Sorted on the whole frames, before `--frames` trims them, so the order is total.
     stacks.sort_by(rank);
     if let Some(top) = opts.top {
@@ -327,24 +312,12 @@ fn rank(a: &StackStats, b: &StackStats) -> Ordering {
 
 /// Lexicographic order of frame lists, each frame by (file, line, qualname, function).
 fn cmp_frames(a: &[Frame], b: &[Frame]) -> Ordering {
-    let key = |f: &Frame| {
-        (
-            f.file.clone(),
-            f.line,
-            f.qualname.clone(),
-            f.function.clone(),
-        )
-    };
+    let key = |f: &Frame| (f.file.clone(), f.line, f.qualname.clone(), f.function.clone());
     a.iter().map(key).cmp(b.iter().map(key))
 }
 
 /// Write `report` (already [`shape`]d) in `format`; `group_by` says how the table labels rows.
-pub fn render(
-    report: &Report,
-    format: Format,
-    group_by: GroupBy,
-    out: &mut dyn Write,
-) -> io::Result<()> {
+pub fn render(report: &Report, format: Format, group_by: GroupBy, out: &mut dyn Write) -> io::Result<()> {
     let mut out = BufWriter::new(out);
     match format {
         Format::Json => {
@@ -358,11 +331,7 @@ pub fn render(
 
 fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::Result<()> {
     let python = &report.python;
-    let command = if report.command.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", report.command)
-    };
+    let command = if report.command.is_empty() { String::new() } else { format!(" ({})", report.command) };
     writeln!(
         out,
         "pyleak: pid {}{command} - Python {}, traced {:.1}s",
@@ -406,10 +375,7 @@ fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::
         return Ok(());
     }
 
-    let shown: u64 = report
-        .stacks
-        .iter()
-        .fold(0, |sum, s| sum.saturating_add(s.outstanding_bytes));
+    let shown: u64 = report.stacks.iter().fold(0, |sum, s| sum.saturating_add(s.outstanding_bytes));
     writeln!(
         out,
         "largest {} by outstanding bytes ({} shown, {} outstanding):",
@@ -423,10 +389,7 @@ fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::
         }
         let avg = match stack.outstanding_allocations {
             0 => String::new(),
-            n => format!(
-                " (avg {})",
-                human_bytes(stack.outstanding_bytes.div_ceil(n))
-            ),
+            n => format!(" (avg {})", human_bytes(stack.outstanding_bytes.div_ceil(n))),
         };
         writeln!(
             out,
@@ -466,11 +429,7 @@ fn location(frame: Option<&Frame>, group_by: GroupBy) -> String {
 
 /// The qualified name when the target has one (3.11+ always does), else the bare name.
 fn name(frame: &Frame) -> &str {
-    if frame.qualname.is_empty() {
-        &frame.function
-    } else {
-        &frame.qualname
-    }
+    if frame.qualname.is_empty() { &frame.function } else { &frame.qualname }
 }
 
 fn or_unknown(s: &str) -> &str {
@@ -501,12 +460,7 @@ mod tests {
 
     fn frame(file: &str, line: u32, qualname: &str) -> Frame {
         let function = qualname.rsplit('.').next().unwrap().to_string();
-        Frame {
-            function,
-            qualname: qualname.to_string(),
-            file: file.to_string(),
-            line,
-        }
+        Frame { function, qualname: qualname.to_string(), file: file.to_string(), line }
     }
 
     fn stack(outstanding: u64, count: u64, allocated: u64, frames: Vec<Frame>) -> StackStats {
@@ -542,10 +496,7 @@ mod tests {
     }
 
     fn opts(group_by: GroupBy) -> ReportOptions {
-        ReportOptions {
-            group_by,
-            ..ReportOptions::default()
-        }
+        ReportOptions { group_by, ..ReportOptions::default() }
     }
 
     fn strings(patterns: &[&str]) -> Vec<String> {
@@ -553,23 +504,11 @@ mod tests {
     }
 
     fn sums(r: &Report) -> Vec<(u64, u64, u64)> {
-        r.stacks
-            .iter()
-            .map(|s| {
-                (
-                    s.outstanding_bytes,
-                    s.outstanding_allocations,
-                    s.allocated_bytes,
-                )
-            })
-            .collect()
+        r.stacks.iter().map(|s| (s.outstanding_bytes, s.outstanding_allocations, s.allocated_bytes)).collect()
     }
 
     fn tops(r: &Report) -> Vec<String> {
-        r.stacks
-            .iter()
-            .map(|s| format!("{}:{}", s.frames[0].file, s.frames[0].line))
-            .collect()
+        r.stacks.iter().map(|s| format!("{}:{}", s.frames[0].file, s.frames[0].line)).collect()
     }
 
     fn table(r: &Report, group_by: GroupBy) -> String {
@@ -589,19 +528,11 @@ mod tests {
     #[test]
     fn value_enum_names_match_the_cli_contract() {
         let names = |vs: Vec<Option<clap::builder::PossibleValue>>| -> Vec<String> {
-            vs.into_iter()
-                .map(|v| v.unwrap().get_name().to_string())
-                .collect()
+            vs.into_iter().map(|v| v.unwrap().get_name().to_string()).collect()
         };
-        let group_by = GroupBy::value_variants()
-            .iter()
-            .map(|v| v.to_possible_value())
-            .collect();
+        let group_by = GroupBy::value_variants().iter().map(|v| v.to_possible_value()).collect();
         assert_eq!(names(group_by), ["traceback", "line", "function", "file"]);
-        let formats = Format::value_variants()
-            .iter()
-            .map(|v| v.to_possible_value())
-            .collect();
+        let formats = Format::value_variants().iter().map(|v| v.to_possible_value()).collect();
         assert_eq!(names(formats), ["table", "json"]);
         assert_eq!(GroupBy::default(), GroupBy::Traceback);
         assert_eq!(Format::default(), Format::Table);
@@ -622,29 +553,17 @@ mod tests {
             stack(50, 1, 50, vec![frame("/srv/a.py", 9, "a")]),
         ]);
         let shaped = shape(&r, &opts(GroupBy::Traceback)).unwrap();
-        assert_eq!(
-            sums(&shaped),
-            [(130, 3, 240), (50, 1, 90), (50, 1, 50), (50, 1, 50)]
-        );
+        assert_eq!(sums(&shaped), [(130, 3, 240), (50, 1, 90), (50, 1, 50), (50, 1, 50)]);
         assert_eq!(shaped.stacks[0].frames, [handle(), main_frame()]);
         assert!(shaped.stacks[0].truncated, "truncated is any of the parts");
-        assert_eq!(
-            tops(&shaped)[1..],
-            ["/srv/z.py:1", "/srv/a.py:9", "/srv/other.py:3"]
-        );
+        assert_eq!(tops(&shaped)[1..], ["/srv/z.py:1", "/srv/a.py:9", "/srv/other.py:3"]);
         assert!(!shaped.stacks[1].truncated);
         // Stacks with the same frames but a different caller stay apart.
         let split = report(vec![
             stack(10, 1, 10, vec![handle(), main_frame()]),
             stack(10, 1, 10, vec![handle(), frame("/srv/cli.py", 2, "run")]),
         ]);
-        assert_eq!(
-            shape(&split, &opts(GroupBy::Traceback))
-                .unwrap()
-                .stacks
-                .len(),
-            2
-        );
+        assert_eq!(shape(&split, &opts(GroupBy::Traceback)).unwrap().stacks.len(), 2);
         // Totals describe the whole trace and are not recomputed.
         assert_eq!(shaped.totals, r.totals);
         assert_eq!(shaped.python, r.python);
@@ -654,18 +573,8 @@ mod tests {
     #[test]
     fn line_groups_on_file_and_line_of_the_innermost_frame() {
         let r = report(vec![
-            stack(
-                10,
-                1,
-                10,
-                vec![frame("/a.py", 10, "f"), frame("/main.py", 1, "<module>")],
-            ),
-            stack(
-                70,
-                7,
-                80,
-                vec![frame("/a.py", 10, "g"), frame("/other.py", 2, "run")],
-            ),
+            stack(10, 1, 10, vec![frame("/a.py", 10, "f"), frame("/main.py", 1, "<module>")]),
+            stack(70, 7, 80, vec![frame("/a.py", 10, "g"), frame("/other.py", 2, "run")]),
             stack(60, 2, 60, vec![frame("/a.py", 20, "f")]),
             stack(5, 1, 5, vec![frame("/b.py", 10, "f")]),
         ]);
@@ -680,12 +589,7 @@ mod tests {
     #[test]
     fn function_groups_on_file_and_qualname_and_shows_the_largest_line() {
         let r = report(vec![
-            stack(
-                10,
-                1,
-                10,
-                vec![frame("/a.py", 10, "C.f"), frame("/m.py", 1, "x")],
-            ),
+            stack(10, 1, 10, vec![frame("/a.py", 10, "C.f"), frame("/m.py", 1, "x")]),
             stack(50, 5, 50, vec![frame("/a.py", 12, "C.f")]),
             stack(40, 1, 40, vec![frame("/b.py", 12, "C.f")]),
             stack(30, 1, 30, vec![frame("/a.py", 30, "D.f")]),
@@ -697,11 +601,7 @@ mod tests {
         // Equal contributors: the result does not depend on input order.
         let a = stack(10, 1, 10, vec![frame("/a.py", 3, "f")]);
         let b = stack(10, 1, 10, vec![frame("/a.py", 7, "f")]);
-        let one = shape(
-            &report(vec![a.clone(), b.clone()]),
-            &opts(GroupBy::Function),
-        )
-        .unwrap();
+        let one = shape(&report(vec![a.clone(), b.clone()]), &opts(GroupBy::Function)).unwrap();
         let two = shape(&report(vec![b, a]), &opts(GroupBy::Function)).unwrap();
         assert_eq!(one.stacks, two.stacks);
         assert_eq!(one.stacks[0].frames[0].line, 3);
@@ -710,12 +610,7 @@ mod tests {
     #[test]
     fn file_groups_on_the_innermost_file() {
         let r = report(vec![
-            stack(
-                10,
-                1,
-                10,
-                vec![frame("/a.py", 10, "f"), frame("/b.py", 1, "x")],
-            ),
+            stack(10, 1, 10, vec![frame("/a.py", 10, "f"), frame("/b.py", 1, "x")]),
             stack(20, 2, 30, vec![frame("/a.py", 99, "g")]),
             stack(25, 1, 25, vec![frame("/b.py", 5, "h")]),
         ]);
@@ -724,12 +619,7 @@ mod tests {
         let f = &shaped.stacks[0].frames;
         assert_eq!(f.len(), 1);
         assert_eq!(
-            (
-                f[0].file.as_str(),
-                f[0].line,
-                f[0].function.as_str(),
-                f[0].qualname.as_str()
-            ),
+            (f[0].file.as_str(), f[0].line, f[0].function.as_str(), f[0].qualname.as_str()),
             ("/a.py", 0, "", "")
         );
         assert_eq!(shaped.stacks[1].frames[0].file, "/b.py");
@@ -737,19 +627,12 @@ mod tests {
 
     #[test]
     fn include_matches_any_frame_and_bare_names_match_the_basename() {
-        let lib = frame(
-            "/usr/lib/python3.12/json/encoder.py",
-            200,
-            "JSONEncoder.encode",
-        );
+        let lib = frame("/usr/lib/python3.12/json/encoder.py", 200, "JSONEncoder.encode");
         let r = report(vec![
             stack(100, 1, 100, vec![lib.clone(), handle()]),
             stack(50, 1, 50, vec![lib.clone()]),
         ]);
-        let with = |include: &[&str]| ReportOptions {
-            include: strings(include),
-            ..ReportOptions::default()
-        };
+        let with = |include: &[&str]| ReportOptions { include: strings(include), ..ReportOptions::default() };
         // Basename match, on an outer frame; the stack keeps all its frames.
         let shaped = shape(&r, &with(&["app.py"])).unwrap();
         assert_eq!(shaped.stacks.len(), 1);
@@ -762,13 +645,7 @@ mod tests {
         assert_eq!(shape(&r, &with(&["srv/app.py"])).unwrap().stacks.len(), 0);
         assert_eq!(shape(&r, &with(&["*/srv/app.py"])).unwrap().stacks.len(), 1);
         // Several patterns: any of them.
-        assert_eq!(
-            shape(&r, &with(&["nope.py", "encoder.py"]))
-                .unwrap()
-                .stacks
-                .len(),
-            2
-        );
+        assert_eq!(shape(&r, &with(&["nope.py", "encoder.py"])).unwrap().stacks.len(), 2);
 
         let filter = FrameFilter::new(&strings(&["app.py"]), &strings(&["*/vendor/*"])).unwrap();
         assert!(filter.keeps("/srv/app.py"));
@@ -781,24 +658,11 @@ mod tests {
 
     #[test]
     fn exclude_attributes_to_the_nearest_kept_caller() {
-        let encoder = frame(
-            "/venv/lib/site-packages/simplejson/encoder.py",
-            300,
-            "encode",
-        );
-        let decoder = frame(
-            "/venv/lib/site-packages/simplejson/decoder.py",
-            10,
-            "decode",
-        );
+        let encoder = frame("/venv/lib/site-packages/simplejson/encoder.py", 300, "encode");
+        let decoder = frame("/venv/lib/site-packages/simplejson/decoder.py", 10, "decode");
         let r = report(vec![
             stack(100, 1, 100, vec![encoder.clone(), handle(), main_frame()]),
-            stack(
-                40,
-                4,
-                40,
-                vec![decoder.clone(), encoder.clone(), handle(), main_frame()],
-            ),
+            stack(40, 4, 40, vec![decoder.clone(), encoder.clone(), handle(), main_frame()]),
             // Only library frames: dropped once they are excluded.
             stack(1000, 1, 1000, vec![decoder.clone()]),
         ]);
@@ -813,10 +677,7 @@ mod tests {
         let by_line = shape(&r, &exclude(GroupBy::Line)).unwrap();
         assert_eq!(tops(&by_line), ["/srv/app.py:15"]);
         // Without the exclude, the library line leads.
-        assert_eq!(
-            tops(&shape(&r, &opts(GroupBy::Line)).unwrap())[0],
-            decoder.file.clone() + ":10"
-        );
+        assert_eq!(tops(&shape(&r, &opts(GroupBy::Line)).unwrap())[0], decoder.file.clone() + ":10");
         // Basename rule for excludes too; the include is checked on the frames that remain.
         let both = ReportOptions {
             include: strings(&["encoder.py", "app.py"]),
@@ -836,15 +697,11 @@ mod tests {
 
     #[test]
     fn bad_globs_are_errors_that_name_the_pattern() {
-        let err = FrameFilter::new(&strings(&["ok.py", "[abc"]), &[])
-            .err()
-            .expect("unclosed class must fail");
+        let err =
+            FrameFilter::new(&strings(&["ok.py", "[abc"]), &[]).err().expect("unclosed class must fail");
         let msg = format!("{err:#}");
         assert!(msg.contains("[abc") && msg.contains("--include"), "{msg}");
-        let bad = ReportOptions {
-            exclude: strings(&["{a,b"]),
-            ..ReportOptions::default()
-        };
+        let bad = ReportOptions { exclude: strings(&["{a,b"]), ..ReportOptions::default() };
         let msg = format!("{:#}", shape(&report(vec![]), &bad).unwrap_err());
         assert!(msg.contains("{a,b") && msg.contains("--exclude"), "{msg}");
     }
@@ -860,26 +717,17 @@ mod tests {
             stack(10, 1, 10, vec![frame("/srv/y.py", 1, "y")]),
             cut,
         ]);
-        let two = ReportOptions {
-            frames: Some(2),
-            ..ReportOptions::default()
-        };
+        let two = ReportOptions { frames: Some(2), ..ReportOptions::default() };
         let shaped = shape(&r, &two).unwrap();
         // Grouping used the whole stacks: the first two stay apart, though they now look alike.
-        assert_eq!(
-            sums(&shaped),
-            [(30, 1, 30), (20, 1, 20), (10, 1, 10), (5, 1, 5)]
-        );
+        assert_eq!(sums(&shaped), [(30, 1, 30), (20, 1, 20), (10, 1, 10), (5, 1, 5)]);
         assert_eq!(shaped.stacks[0].frames, deep[..2]);
         assert!(shaped.stacks[0].truncated);
         assert_eq!(shaped.stacks[1].frames, deep[..2]);
         assert!(!shaped.stacks[1].truncated, "had exactly 2 frames");
         assert!(!shaped.stacks[2].truncated);
         assert!(shaped.stacks[3].truncated, "was truncated at capture");
-        let zero = ReportOptions {
-            frames: Some(0),
-            ..ReportOptions::default()
-        };
+        let zero = ReportOptions { frames: Some(0), ..ReportOptions::default() };
         let msg = format!("{:#}", shape(&r, &zero).unwrap_err());
         assert!(msg.contains("--frames"), "{msg}");
     }
@@ -892,10 +740,7 @@ mod tests {
             stack(20, 1, 20, vec![frame("/c.py", 1, "c")]),
             stack(0, 0, 500, vec![frame("/d.py", 1, "d")]),
         ]);
-        let top = |n| ReportOptions {
-            top: Some(n),
-            ..ReportOptions::default()
-        };
+        let top = |n| ReportOptions { top: Some(n), ..ReportOptions::default() };
         assert_eq!(tops(&shape(&r, &top(2)).unwrap()), ["/b.py:1", "/c.py:1"]);
         // Zero-outstanding groups do not take a place.
         assert_eq!(shape(&r, &top(10)).unwrap().stacks.len(), 3);
@@ -905,19 +750,9 @@ mod tests {
     #[test]
     fn zero_outstanding_groups_are_dropped_but_their_allocations_count() {
         let r = report(vec![
-            stack(
-                0,
-                0,
-                500,
-                vec![frame("/a.py", 1, "f"), frame("/m.py", 1, "x")],
-            ),
+            stack(0, 0, 500, vec![frame("/a.py", 1, "f"), frame("/m.py", 1, "x")]),
             stack(0, 0, 700, vec![frame("/freed.py", 3, "g")]),
-            stack(
-                8,
-                1,
-                8,
-                vec![frame("/a.py", 1, "f"), frame("/m.py", 2, "y")],
-            ),
+            stack(8, 1, 8, vec![frame("/a.py", 1, "f"), frame("/m.py", 2, "y")]),
         ]);
         let by_tb = shape(&r, &opts(GroupBy::Traceback)).unwrap();
         assert_eq!(sums(&by_tb), [(8, 1, 8)]);
@@ -934,12 +769,7 @@ mod tests {
             stack(50, 2, 50, vec![]),
             stack(70, 1, 70, vec![handle()]),
         ]);
-        for group_by in [
-            GroupBy::Traceback,
-            GroupBy::Line,
-            GroupBy::Function,
-            GroupBy::File,
-        ] {
+        for group_by in [GroupBy::Traceback, GroupBy::Line, GroupBy::Function, GroupBy::File] {
             let shaped = shape(&r, &opts(group_by)).unwrap();
             assert_eq!(sums(&shaped), [(150, 3, 150), (70, 1, 70)], "{group_by:?}");
             let f = &shaped.stacks[0].frames[0];
@@ -950,59 +780,29 @@ mod tests {
             }
         }
         // An exclude that does not name them keeps them.
-        let exclude = ReportOptions {
-            exclude: strings(&["*/site-packages/*"]),
-            ..ReportOptions::default()
-        };
+        let exclude = ReportOptions { exclude: strings(&["*/site-packages/*"]), ..ReportOptions::default() };
         assert_eq!(shape(&r, &exclude).unwrap().stacks.len(), 2);
         // They can be selected or hidden by their synthetic file name.
-        let include = ReportOptions {
-            include: strings(&["<native>"]),
-            ..ReportOptions::default()
-        };
+        let include = ReportOptions { include: strings(&["<native>"]), ..ReportOptions::default() };
         assert_eq!(sums(&shape(&r, &include).unwrap()), [(150, 3, 150)]);
-        let hide = ReportOptions {
-            exclude: strings(&["<native>"]),
-            ..ReportOptions::default()
-        };
+        let hide = ReportOptions { exclude: strings(&["<native>"]), ..ReportOptions::default() };
         assert_eq!(sums(&shape(&r, &hide).unwrap()), [(70, 1, 70)]);
-        let text = table(
-            &shape(&r, &opts(GroupBy::Traceback)).unwrap(),
-            GroupBy::Traceback,
-        );
-        assert!(
-            text.contains("#1: <no Python frame>: 150 B outstanding in 3 blocks"),
-            "{text}"
-        );
+        let text = table(&shape(&r, &opts(GroupBy::Traceback)).unwrap(), GroupBy::Traceback);
+        assert!(text.contains("#1: <no Python frame>: 150 B outstanding in 3 blocks"), "{text}");
     }
 
     #[test]
     fn table_names_the_leaking_line_first() {
         let mut leak = stack(1024 * 1229, 1024, 3_565_158, vec![handle(), main_frame()]);
         leak.truncated = true;
-        let mut r = report(vec![
-            leak,
-            stack(512, 2, 2048, vec![frame("/srv/db.py", 7, "query")]),
-        ]);
+        let mut r = report(vec![leak, stack(512, 2, 2048, vec![frame("/srv/db.py", 7, "query")])]);
         r.totals.lost_events = 17;
-        let text = table(
-            &shape(&r, &ReportOptions::default()).unwrap(),
-            GroupBy::Traceback,
-        );
+        let text = table(&shape(&r, &ReportOptions::default()).unwrap(), GroupBy::Traceback);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            lines[0],
-            "pyleak: pid 4242 (python app.py) - Python 3.12.1, traced 12.5s"
-        );
+        assert_eq!(lines[0], "pyleak: pid 4242 (python app.py) - Python 3.12.1, traced 12.5s");
         assert_eq!(lines[1], "coverage: partial");
-        assert_eq!(
-            lines[2],
-            "note: allocator inlined by PGO: only calls > 512 bytes seen"
-        );
-        assert_eq!(
-            lines[3],
-            "outstanding 2.9 MiB in 3000 allocations (allocated 9.5 MiB, freed 6.7 MiB)"
-        );
+        assert_eq!(lines[2], "note: allocator inlined by PGO: only calls > 512 bytes seen");
+        assert_eq!(lines[3], "outstanding 2.9 MiB in 3000 allocations (allocated 9.5 MiB, freed 6.7 MiB)");
         assert_eq!(
             lines[4],
             "WARNING: 17 allocations were not recorded (a BPF map was full); totals exclude them"
@@ -1028,21 +828,12 @@ mod tests {
         let r = report(vec![stack(2048, 2, 4096, vec![handle(), main_frame()])]);
         let row = |group_by| {
             let text = table(&shape(&r, &opts(group_by)).unwrap(), group_by);
-            assert!(
-                !text.contains("    /srv/app.py:40"),
-                "only tracebacks list frames"
-            );
-            text.lines()
-                .find(|l| l.starts_with("#1: "))
-                .unwrap()
-                .to_string()
+            assert!(!text.contains("    /srv/app.py:40"), "only tracebacks list frames");
+            text.lines().find(|l| l.starts_with("#1: ")).unwrap().to_string()
         };
         let stats = "2.0 KiB outstanding in 2 blocks (avg 1.0 KiB), 4.0 KiB allocated";
         assert_eq!(row(GroupBy::Line), format!("#1: /srv/app.py:15: {stats}"));
-        assert_eq!(
-            row(GroupBy::Function),
-            format!("#1: /srv/app.py:15 in Service.handle: {stats}")
-        );
+        assert_eq!(row(GroupBy::Function), format!("#1: /srv/app.py:15 in Service.handle: {stats}"));
         assert_eq!(row(GroupBy::File), format!("#1: /srv/app.py: {stats}"));
     }
 
@@ -1055,10 +846,7 @@ mod tests {
         let text = table(&r, GroupBy::Traceback);
         assert!(text.starts_with("pyleak: pid 4242 - Python unknown, traced 12.5s\n"));
         assert!(text.contains("coverage: unknown\n"));
-        assert!(
-            text.ends_with("\nno outstanding allocations seen\n"),
-            "{text}"
-        );
+        assert!(text.ends_with("\nno outstanding allocations seen\n"), "{text}");
         // Outstanding memory that the options filtered away is not hidden behind "none seen".
         let filtered = report(vec![]);
         let text = table(&filtered, GroupBy::Traceback);
@@ -1084,10 +872,7 @@ mod tests {
     fn json_round_trips_with_the_contract_field_names() {
         let mut cut = stack(64, 1, 64, vec![frame("/srv/db.py", 7, "Db.query")]);
         cut.truncated = true;
-        let mut r = report(vec![
-            stack(1000, 10, 5000, vec![handle(), main_frame()]),
-            cut,
-        ]);
+        let mut r = report(vec![stack(1000, 10, 5000, vec![handle(), main_frame()]), cut]);
         r.totals.lost_events = 3;
         let shaped = shape(&r, &ReportOptions::default()).unwrap();
         let mut out = Vec::new();
@@ -1104,40 +889,20 @@ mod tests {
             k.sort();
             k
         };
-        assert_eq!(
-            keys(&v),
-            ["command", "duration_s", "pid", "python", "stacks", "totals"]
-        );
-        assert_eq!(
-            keys(&v["python"]),
-            ["coverage", "executable", "notes", "version"]
-        );
+        assert_eq!(keys(&v), ["command", "duration_s", "pid", "python", "stacks", "totals"]);
+        assert_eq!(keys(&v["python"]), ["coverage", "executable", "notes", "version"]);
         assert_eq!(
             keys(&v["totals"]),
-            [
-                "allocated_bytes",
-                "freed_bytes",
-                "lost_events",
-                "outstanding_allocations",
-                "outstanding_bytes"
-            ]
+            ["allocated_bytes", "freed_bytes", "lost_events", "outstanding_allocations", "outstanding_bytes"]
         );
         assert_eq!(v["totals"]["lost_events"], 3);
         let first = &v["stacks"][0];
         assert_eq!(
             keys(first),
-            [
-                "allocated_bytes",
-                "frames",
-                "outstanding_allocations",
-                "outstanding_bytes"
-            ]
+            ["allocated_bytes", "frames", "outstanding_allocations", "outstanding_bytes"]
         );
         assert_eq!(first["outstanding_bytes"], 1000);
-        assert_eq!(
-            keys(&first["frames"][0]),
-            ["file", "function", "line", "qualname"]
-        );
+        assert_eq!(keys(&first["frames"][0]), ["file", "function", "line", "qualname"]);
         assert_eq!(first["frames"][0]["qualname"], "Service.handle");
         assert_eq!(first["frames"][0]["function"], "handle");
         assert_eq!(first["frames"][0]["file"], "/srv/app.py");

@@ -208,7 +208,10 @@ impl Session {
 
 /// Where to probe: each of `functions` that `image` defines. Aliases (glibc's memalign and
 /// aligned_alloc share an address) are probed once.
-pub fn plan_sites(image: &ElfImage, functions: &[(&'static str, AllocFn)]) -> (Vec<ProbeSite>, Vec<&'static str>) {
+pub fn plan_sites(
+    image: &ElfImage,
+    functions: &[(&'static str, AllocFn)],
+) -> (Vec<ProbeSite>, Vec<&'static str>) {
     let mut sites: Vec<ProbeSite> = Vec::new();
     let mut missing = Vec::new();
     for &(name, kind) in functions {

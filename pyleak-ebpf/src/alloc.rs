@@ -5,8 +5,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use pyleak_common::{
-    AllocInfo, AllocKey, CALL_MALLOC, CALL_POSIX_MEMALIGN, CALL_REALLOC, Counter, Inflight,
-    NewStack, StackKey,
+    AllocInfo, AllocKey, CALL_MALLOC, CALL_POSIX_MEMALIGN, CALL_REALLOC, Counter, Inflight, NewStack,
+    StackKey,
 };
 
 use crate::{

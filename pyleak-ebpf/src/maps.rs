@@ -7,9 +7,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pyleak_common::{
-    AllocInfo, AllocKey, Counter, DEFAULT_MAX_DEPTH, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACKS,
-    Inflight, MAX_INFLIGHT, MAX_TARGETS, NEW_STACKS_RING_BYTES, PyTarget, StackCounters, StackKey,
-    StackTrace,
+    AllocInfo, AllocKey, Counter, DEFAULT_MAX_DEPTH, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACKS, Inflight,
+    MAX_INFLIGHT, MAX_TARGETS, NEW_STACKS_RING_BYTES, PyTarget, StackCounters, StackKey, StackTrace,
 };
 
 /// Outstanding allocations, keyed by (tgid, address). Not preallocated: a quiet target costs

@@ -6,9 +6,8 @@ use aya_ebpf::helpers::{
     bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
 };
 use pyleak_common::{
-    ABSENT, Counter, INSTR_I32, MAX_FRAMES, PyTarget, STACK_NO_PYTHON, STACK_READ_ERROR,
-    STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY, TSTATE_TLS_DYNAMIC,
-    TSTATE_TLS_STATIC,
+    ABSENT, Counter, INSTR_I32, MAX_FRAMES, PyTarget, STACK_NO_PYTHON, STACK_READ_ERROR, STACK_TRUNCATED,
+    StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
 };
 
 use crate::maps::{FSBASE_OFFSET, MAX_DEPTH, count};
@@ -147,14 +146,7 @@ pub fn walk(tgid: u32, t: &PyTarget, st: &mut StackTrace) -> u64 {
     };
     // SAFETY: the callback is a static function; the context lives on this stack frame for
     // the duration of the call.
-    unsafe {
-        bpf_loop(
-            MAX_FRAMES as u32,
-            walk_step as *mut c_void,
-            (&mut walk as *mut Walk).cast(),
-            0,
-        )
-    };
+    unsafe { bpf_loop(MAX_FRAMES as u32, walk_step as *mut c_void, (&mut walk as *mut Walk).cast(), 0) };
     st.len = walk.n;
     mix(walk.hash, st.flags as u64)
 }

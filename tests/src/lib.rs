@@ -62,10 +62,7 @@ pub fn tests_dir() -> PathBuf {
 
 /// The cargo workspace this package belongs to.
 pub fn workspace_dir() -> PathBuf {
-    tests_dir()
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    tests_dir().parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// `demo/leaky_service.py`, the demo app (`cargo xtask demo`).
@@ -120,9 +117,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// (cargo runs test binaries one after another). A failed test poisons the
 /// lock; the next test takes it anyway.
 pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // ---------------------------------------------------------------------------
@@ -142,11 +137,7 @@ pub struct Python {
 impl Python {
     /// The minor number: 12 for "3.12".
     pub fn minor_number(&self) -> u32 {
-        self.minor
-            .rsplit('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .expect("minor version")
+        self.minor.rsplit('.').next().and_then(|m| m.parse().ok()).expect("minor version")
     }
 }
 
@@ -170,9 +161,7 @@ fn pyenv_root() -> Option<PathBuf> {
         }
     }
     let home = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".pyenv"));
-    home.into_iter()
-        .chain([PathBuf::from("/root/.pyenv")])
-        .find(|root| root.join("versions").is_dir())
+    home.into_iter().chain([PathBuf::from("/root/.pyenv")]).find(|root| root.join("versions").is_dir())
 }
 
 /// The newest pyenv patch release of `minor` (`3.12.*`, plain releases only),
@@ -183,29 +172,16 @@ pub fn find_python(minor: &'static str) -> Option<Python> {
     let mut best: Option<(u32, String)> = None;
     for entry in std::fs::read_dir(&versions).ok()?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(patch) = name
-            .strip_prefix(&prefix)
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(patch) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
             continue; // 3.12-dev, 3.13.0t, ...
         };
-        if best
-            .as_ref()
-            .is_none_or(|(best_patch, _)| patch > *best_patch)
-        {
+        if best.as_ref().is_none_or(|(best_patch, _)| patch > *best_patch) {
             best = Some((patch, name));
         }
     }
     let (_, version) = best?;
-    let path = versions
-        .join(&version)
-        .join("bin")
-        .join(format!("python{minor}"));
-    path.is_file().then_some(Python {
-        minor,
-        version,
-        path,
-    })
+    let path = versions.join(&version).join("bin").join(format!("python{minor}"));
+    path.is_file().then_some(Python { minor, version, path })
 }
 
 /// The installed interpreters of [`PYTHON_VERSIONS`]. Missing ones are
@@ -247,8 +223,8 @@ pub fn for_each_python(mut test: impl FnMut(&Python)) {
 /// comment `# <marker>` (lines that are only a comment do not count).
 /// Panics unless exactly one line matches. Same rule as scenario.py.
 pub fn marker_line(script: &Path, marker: &str) -> u32 {
-    let source = std::fs::read_to_string(script)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", script.display()));
+    let source =
+        std::fs::read_to_string(script).unwrap_or_else(|e| panic!("cannot read {}: {e}", script.display()));
     let suffix = format!("# {marker}");
     let found: Vec<u32> = source
         .lines()
@@ -271,8 +247,8 @@ pub fn marker_line(script: &Path, marker: &str) -> u32 {
 /// The value of a module-level integer constant `NAME = 123` or
 /// `NAME = 64 * 1024` (a product of integer literals) in `script`.
 pub fn script_const(script: &Path, name: &str) -> u64 {
-    let source = std::fs::read_to_string(script)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", script.display()));
+    let source =
+        std::fs::read_to_string(script).unwrap_or_else(|e| panic!("cannot read {}: {e}", script.display()));
     for line in source.lines() {
         let code = line.split('#').next().unwrap_or("");
         let Some((lhs, rhs)) = code.split_once('=') else {
@@ -286,11 +262,7 @@ pub fn script_const(script: &Path, name: &str) -> u64 {
             product.checked_mul(factor)
         });
         return value.unwrap_or_else(|| {
-            panic!(
-                "{}: `{}` is not a product of integers",
-                script.display(),
-                line.trim()
-            )
+            panic!("{}: `{}` is not a product of integers", script.display(), line.trim())
         });
     }
     panic!("{}: no module-level constant {name}", script.display())
@@ -326,9 +298,7 @@ impl Lines {
                 match reader.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf)
-                            .trim_end_matches(['\n', '\r'])
-                            .to_string();
+                        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
                         let (state, changed) = &*shared.0;
                         state.lock().unwrap().lines.push(line);
                         changed.notify_all();
@@ -444,25 +414,13 @@ impl Target {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start {} {}: {e}",
-                python.path.display(),
-                script.display()
-            )
-        });
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} {}: {e}", python.path.display(), script.display()));
         let stdin = child.stdin.take();
         let stdout = Lines::capture(child.stdout.take().unwrap());
         let stderr = Lines::capture(child.stderr.take().unwrap());
-        Target {
-            python: python.clone(),
-            script,
-            child,
-            stdin,
-            stdout,
-            stderr,
-            cursor: 0,
-        }
+        Target { python: python.clone(), script, child, stdin, stdout, stderr, cursor: 0 }
     }
 
     /// Spawns the scenario and waits for its `ready`.
@@ -478,21 +436,14 @@ impl Target {
 
     /// The basename of the scenario script, as frames are matched.
     pub fn script_name(&self) -> String {
-        self.script
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned()
+        self.script.file_name().unwrap().to_string_lossy().into_owned()
     }
 
     /// Waits (at most [`LINE_TIMEOUT`]) for a stdout line equal to
     /// `expected`, skipping other lines; panics with the scenario's output
     /// on timeout or exit.
     pub fn wait_for_line(&mut self, expected: &str) {
-        match self
-            .stdout
-            .wait_for(self.cursor, LINE_TIMEOUT, |line| line.trim() == expected)
-        {
+        match self.stdout.wait_for(self.cursor, LINE_TIMEOUT, |line| line.trim() == expected) {
             Ok((index, _)) => self.cursor = index + 1,
             Err(error) => self.fail(&format!("waiting for the line {expected:?}"), error),
         }
@@ -513,11 +464,7 @@ impl Target {
     pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin already closed");
         if let Err(e) = writeln!(stdin, "{line}").and_then(|()| stdin.flush()) {
-            panic!(
-                "cannot send {line:?} to {}: {e}\n{}",
-                self.script.display(),
-                self.output()
-            );
+            panic!("cannot send {line:?} to {}: {e}\n{}", self.script.display(), self.output());
         }
     }
 
@@ -559,12 +506,7 @@ impl Target {
             }
         };
         self.stderr.wait_eof(Duration::from_millis(200));
-        panic!(
-            "{} (pid {}): {what}: {why}\n{}",
-            self.script.display(),
-            self.pid(),
-            self.output()
-        )
+        panic!("{} (pid {}): {what}: {why}\n{}", self.script.display(), self.pid(), self.output())
     }
 }
 
@@ -597,10 +539,7 @@ pub struct GroundTruth {
 
 impl GroundTruth {
     pub fn marker(&self, marker: &str) -> MarkerTruth {
-        *self
-            .markers
-            .get(marker)
-            .unwrap_or_else(|| panic!("no ground truth for {marker:?}: {self:?}"))
+        *self.markers.get(marker).unwrap_or_else(|| panic!("no ground truth for {marker:?}: {self:?}"))
     }
 }
 
@@ -613,10 +552,7 @@ pub fn tracemalloc_truth(python: &Python, script_name: &str) -> GroundTruth {
     target.wait_for_line("done");
     let line = target.next_line();
     let truth: GroundTruth = serde_json::from_str(&line).unwrap_or_else(|e| {
-        panic!(
-            "bad ground-truth line from {script_name}: {e}: {line}\n{}",
-            target.output()
-        )
+        panic!("bad ground-truth line from {script_name}: {e}: {line}\n{}", target.output())
     });
     for (marker, marked) in &truth.markers {
         assert_eq!(
@@ -670,9 +606,7 @@ impl Drop for KillOnDrop {
 /// The first `name` in `$PATH`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
 }
 
 /// A finished command: status and all of its output.
@@ -707,13 +641,8 @@ fn describe(command: &Command) -> String {
 /// kills it and panics if it takes longer than `timeout`.
 pub fn run_command(mut command: Command, timeout: Duration) -> Finished {
     let description = describe(&command);
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
     let stdout = Lines::capture(child.stdout.take().unwrap());
     let stderr = Lines::capture(child.stderr.take().unwrap());
     let status = wait_timeout(&mut child, timeout);
@@ -729,12 +658,7 @@ pub fn run_command(mut command: Command, timeout: Duration) -> Finished {
     };
     stdout.wait_eof(Duration::from_secs(5));
     stderr.wait_eof(Duration::from_secs(5));
-    Finished {
-        command: description,
-        status,
-        stdout: stdout.text(),
-        stderr: stderr.text(),
-    }
+    Finished { command: description, status, stdout: stdout.text(), stderr: stderr.text() }
 }
 
 /// `pyleak ARGS...`, run to completion (at most [`RUN_TIMEOUT`]).
@@ -750,12 +674,7 @@ where
 
 /// `pyleak run --format json -o FILE REPORT_ARGS... -- PYTHON SCRIPT ARGS...`:
 /// asserts exit 0 and returns the parsed report.
-pub fn run_report(
-    python: &Python,
-    script: &Path,
-    script_args: &[&str],
-    report_args: &[&str],
-) -> Report {
+pub fn run_report(python: &Python, script: &Path, script_args: &[&str], report_args: &[&str]) -> Report {
     require_root();
     let out_dir = tempfile::tempdir().expect("tempdir");
     let out = out_dir.path().join("report.json");
@@ -774,10 +693,7 @@ pub fn run_report(
         .env("PYTHONDONTWRITEBYTECODE", "1");
     let finished = run_command(command, RUN_TIMEOUT);
     let context = format!("{python}, `{}`", finished.command);
-    assert!(
-        finished.status.code() == Some(0),
-        "{context}: want exit 0\n{finished}"
-    );
+    assert!(finished.status.code() == Some(0), "{context}: want exit 0\n{finished}");
     Report::read(&out, context, finished.stderr)
 }
 
@@ -810,20 +726,10 @@ impl Tracer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let description = describe(&command);
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
         let stdout = Lines::capture(child.stdout.take().unwrap());
         let stderr = Lines::capture(child.stderr.take().unwrap());
-        Tracer {
-            child,
-            target_pid,
-            command: description,
-            stderr,
-            stdout,
-            out,
-            _out_dir: out_dir,
-        }
+        Tracer { child, target_pid, command: description, stderr, stdout, out, _out_dir: out_dir }
     }
 
     /// Waits (at most [`ATTACH_TIMEOUT`]) for `pyleak: attached to pid PID`
@@ -864,9 +770,7 @@ impl Tracer {
     /// exit 0 and returns the report.
     pub fn stop_after_target_exit(mut self, grace: Duration) -> Report {
         if wait_timeout(&mut self.child, grace).is_none() {
-            eprintln!(
-                "pyleak-e2e: pyleak still running {grace:?} after its target exited; sending SIGINT"
-            );
+            eprintln!("pyleak-e2e: pyleak still running {grace:?} after its target exited; sending SIGINT");
             signal(&mut self.child, libc::SIGINT);
         }
         self.finish(EXIT_TIMEOUT)
@@ -974,10 +878,7 @@ pub struct Frame {
 impl Frame {
     /// The file's basename: `/work/main/tests/scripts/leak_basic.py` -> `leak_basic.py`.
     pub fn basename(&self) -> &str {
-        Path::new(&self.file)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(&self.file)
+        Path::new(&self.file).file_name().and_then(|n| n.to_str()).unwrap_or(&self.file)
     }
 
     pub fn is_at(&self, basename: &str, line: u32) -> bool {
@@ -988,9 +889,7 @@ impl Frame {
 impl Stack {
     /// Whether `frames[0]` is `basename:line`.
     pub fn is_at(&self, basename: &str, line: u32) -> bool {
-        self.frames
-            .first()
-            .is_some_and(|frame| frame.is_at(basename, line))
+        self.frames.first().is_some_and(|frame| frame.is_at(basename, line))
     }
 
     pub fn has_function(&self, function: &str) -> bool {
@@ -1009,13 +908,8 @@ pub struct Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pretty =
-            serde_json::to_string_pretty(&self.raw).unwrap_or_else(|_| self.raw.to_string());
-        write!(
-            f,
-            "--- {}\n--- pyleak stderr:\n{}\n--- report:\n{pretty}\n---",
-            self.context, self.stderr
-        )
+        let pretty = serde_json::to_string_pretty(&self.raw).unwrap_or_else(|_| self.raw.to_string());
+        write!(f, "--- {}\n--- pyleak stderr:\n{}\n--- report:\n{pretty}\n---", self.context, self.stderr)
     }
 }
 
@@ -1023,17 +917,16 @@ impl Report {
     /// Reads and parses the report pyleak wrote to `path`.
     pub fn read(path: &Path, context: String, stderr: String) -> Report {
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-            panic!(
-                "{context}: cannot read the report {}: {e}\n--- pyleak stderr:\n{stderr}",
-                path.display()
-            )
+            panic!("{context}: cannot read the report {}: {e}\n--- pyleak stderr:\n{stderr}", path.display())
         });
         Report::parse(&text, context, stderr)
     }
 
     pub fn parse(text: &str, context: String, stderr: String) -> Report {
         let raw: Value = serde_json::from_str(text).unwrap_or_else(|e| {
-            panic!("{context}: the report is not JSON: {e}\n--- pyleak stderr:\n{stderr}\n--- report:\n{text}")
+            panic!(
+                "{context}: the report is not JSON: {e}\n--- pyleak stderr:\n{stderr}\n--- report:\n{text}"
+            )
         });
         let json: ReportJson = serde_json::from_value(raw.clone()).unwrap_or_else(|e| {
             panic!(
@@ -1041,12 +934,7 @@ impl Report {
                  --- pyleak stderr:\n{stderr}\n--- report:\n{text}"
             )
         });
-        Report {
-            json,
-            raw,
-            stderr,
-            context,
-        }
+        Report { json, raw, stderr, context }
     }
 
     pub fn stacks(&self) -> &[Stack] {
@@ -1055,28 +943,18 @@ impl Report {
 
     /// The top stack (most outstanding bytes); panics if there is none.
     pub fn top(&self) -> &Stack {
-        self.json
-            .stacks
-            .first()
-            .unwrap_or_else(|| panic!("the report has no stacks\n{self}"))
+        self.json.stacks.first().unwrap_or_else(|| panic!("the report has no stacks\n{self}"))
     }
 
     /// The stacks whose `frames[0]` is `basename:line`, with their rank
     /// (0 = top), biggest first.
     pub fn stacks_at(&self, basename: &str, line: u32) -> Vec<(usize, &Stack)> {
-        self.json
-            .stacks
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_at(basename, line))
-            .collect()
+        self.json.stacks.iter().enumerate().filter(|(_, s)| s.is_at(basename, line)).collect()
     }
 
     /// The biggest stack whose `frames[0]` is `basename:line`, if any.
     pub fn stack_at(&self, basename: &str, line: u32) -> Option<&Stack> {
-        self.stacks_at(basename, line)
-            .first()
-            .map(|(_, stack)| *stack)
+        self.stacks_at(basename, line).first().map(|(_, stack)| *stack)
     }
 
     /// Like [`Report::stack_at`]; panics with the whole report if absent.
@@ -1088,10 +966,7 @@ impl Report {
     /// Outstanding bytes of all stacks whose `frames[0]` is `basename:line`
     /// (tracemalloc's "lineno" statistic).
     pub fn bytes_at(&self, basename: &str, line: u32) -> u64 {
-        self.stacks_at(basename, line)
-            .iter()
-            .map(|(_, s)| s.outstanding_bytes)
-            .sum()
+        self.stacks_at(basename, line).iter().map(|(_, s)| s.outstanding_bytes).sum()
     }
 
     /// Invariants every report must hold, whatever the scenario:
@@ -1108,9 +983,7 @@ impl Report {
             None => assert!(json.pid > 0, "the report's pid is 0\n{self}"),
         }
         assert!(
-            json.python
-                .version
-                .starts_with(&format!("{}.", python.minor)),
+            json.python.version.starts_with(&format!("{}.", python.minor)),
             "python.version {:?} is not {}.x\n{self}",
             json.python.version,
             python.minor
@@ -1129,10 +1002,7 @@ impl Report {
             ("outstanding_bytes", t.outstanding_bytes),
             ("outstanding_allocations", t.outstanding_allocations),
         ] {
-            assert!(
-                value < WRAPPED,
-                "totals.{name} = {value} looks wrapped around\n{self}"
-            );
+            assert!(value < WRAPPED, "totals.{name} = {value} looks wrapped around\n{self}");
         }
         assert!(
             t.allocated_bytes >= t.outstanding_bytes,
@@ -1140,14 +1010,8 @@ impl Report {
         );
         // Frees of blocks allocated before the trace have no known size and
         // must not be counted.
-        assert!(
-            t.freed_bytes <= t.allocated_bytes,
-            "totals: freed_bytes > allocated_bytes\n{self}"
-        );
-        assert_eq!(
-            t.lost_events, 0,
-            "pyleak lost events on a small scenario\n{self}"
-        );
+        assert!(t.freed_bytes <= t.allocated_bytes, "totals: freed_bytes > allocated_bytes\n{self}");
+        assert_eq!(t.lost_events, 0, "pyleak lost events on a small scenario\n{self}");
         for pair in json.stacks.windows(2) {
             assert!(
                 pair[0].outstanding_bytes >= pair[1].outstanding_bytes,

@@ -10,52 +10,27 @@ fn doctor_host_checks_pass() {
     let _serial = serial();
     require_root();
     let finished = pyleak(["doctor"]);
-    assert_eq!(
-        finished.status.code(),
-        Some(0),
-        "doctor failed on this host\n{finished}"
-    );
-    for check in [
-        "kernel BTF",
-        "uprobe events",
-        "CAP_SYS_ADMIN",
-        "eBPF programs",
-    ] {
+    assert_eq!(finished.status.code(), Some(0), "doctor failed on this host\n{finished}");
+    for check in ["kernel BTF", "uprobe events", "CAP_SYS_ADMIN", "eBPF programs"] {
         assert!(
             finished.stdout.contains(&format!("[ok ] {check}")),
             "no passing `{check}` check\n{finished}"
         );
     }
-    assert!(
-        finished.stdout.contains("pyleak can trace here."),
-        "{finished}"
-    );
+    assert!(finished.stdout.contains("pyleak can trace here."), "{finished}");
 }
 
 #[test]
 fn doctor_describes_a_python_target() {
     for_each_python(|python| {
-        let target = KillOnDrop::spawn(
-            python.path.to_str().expect("utf-8"),
-            &["-c", "import time; time.sleep(60)"],
-        );
+        let target =
+            KillOnDrop::spawn(python.path.to_str().expect("utf-8"), &["-c", "import time; time.sleep(60)"]);
         std::thread::sleep(std::time::Duration::from_millis(300));
         let finished = pyleak(["doctor", "--pid", &target.pid().to_string()]);
         assert_eq!(finished.status.code(), Some(0), "{finished}");
-        assert!(
-            finished
-                .stdout
-                .contains(&format!("CPython {}", python.version)),
-            "{finished}"
-        );
-        assert!(
-            finished.stdout.contains("PyObject_Malloc"),
-            "no probe plan\n{finished}"
-        );
-        assert!(
-            finished.stdout.contains("[ok ] allocator coverage: full"),
-            "{finished}"
-        );
+        assert!(finished.stdout.contains(&format!("CPython {}", python.version)), "{finished}");
+        assert!(finished.stdout.contains("PyObject_Malloc"), "no probe plan\n{finished}");
+        assert!(finished.stdout.contains("[ok ] allocator coverage: full"), "{finished}");
     });
 }
 
@@ -66,10 +41,7 @@ fn doctor_on_a_non_python_process() {
     let sleep = KillOnDrop::spawn("sleep", &["60"]);
     let finished = pyleak(["doctor", "--pid", &sleep.pid().to_string()]);
     assert_eq!(finished.status.code(), Some(1), "{finished}");
-    assert!(
-        finished.stdout.contains("is not a Python process"),
-        "{finished}"
-    );
+    assert!(finished.stdout.contains("is not a Python process"), "{finished}");
 }
 
 /// Debian's /usr/bin/python3.11 (LTO+PGO, static libpython, stripped): its
@@ -86,22 +58,10 @@ fn doctor_reports_partial_coverage_for_an_lto_build() {
         );
         return;
     }
-    let target = KillOnDrop::spawn(
-        "/usr/bin/python3.11",
-        &["-c", "import time; time.sleep(60)"],
-    );
+    let target = KillOnDrop::spawn("/usr/bin/python3.11", &["-c", "import time; time.sleep(60)"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let finished = pyleak(["doctor", "--pid", &target.pid().to_string()]);
-    assert!(
-        finished.stdout.contains("allocator coverage: partial"),
-        "{finished}"
-    );
-    assert!(
-        finished.stdout.contains("PYTHONMALLOC=malloc"),
-        "no remedy given\n{finished}"
-    );
-    assert!(
-        finished.stdout.contains("linked into the executable"),
-        "{finished}"
-    );
+    assert!(finished.stdout.contains("allocator coverage: partial"), "{finished}");
+    assert!(finished.stdout.contains("PYTHONMALLOC=malloc"), "no remedy given\n{finished}");
+    assert!(finished.stdout.contains("linked into the executable"), "{finished}");
 }

@@ -12,20 +12,9 @@ use pyleak_e2e::{
 
 /// Exit 1 and exactly one non-empty stderr line, containing `needle`.
 fn assert_runtime_error(finished: &Finished, needle: &str) {
-    assert_eq!(
-        finished.status.code(),
-        Some(1),
-        "want exit 1 (runtime failure)\n{finished}"
-    );
-    assert!(
-        finished.stderr.contains(needle),
-        "stderr should contain {needle:?}\n{finished}"
-    );
-    let lines = finished
-        .stderr
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .count();
+    assert_eq!(finished.status.code(), Some(1), "want exit 1 (runtime failure)\n{finished}");
+    assert!(finished.stderr.contains(needle), "stderr should contain {needle:?}\n{finished}");
+    let lines = finished.stderr.lines().filter(|line| !line.trim().is_empty()).count();
     assert_eq!(lines, 1, "want a one-line message on stderr\n{finished}");
 }
 
@@ -56,10 +45,7 @@ fn trace_no_such_process() {
     for pid in unused_pids() {
         let finished = pyleak(["trace", "--pid", &pid.to_string(), "--duration", "5"]);
         assert_runtime_error(&finished, "no process with pid");
-        assert!(
-            finished.stderr.contains(&pid.to_string()),
-            "the message should name pid {pid}\n{finished}"
-        );
+        assert!(finished.stderr.contains(&pid.to_string()), "the message should name pid {pid}\n{finished}");
     }
 }
 
@@ -69,13 +55,7 @@ fn trace_not_python() {
     let _serial = serial();
     require_root();
     let sleep = KillOnDrop::spawn("sleep", &["1000"]);
-    let finished = pyleak([
-        "trace",
-        "--pid",
-        &sleep.pid().to_string(),
-        "--duration",
-        "5",
-    ]);
+    let finished = pyleak(["trace", "--pid", &sleep.pid().to_string(), "--duration", "5"]);
     assert_runtime_error(&finished, "not a Python process");
 }
 
@@ -94,12 +74,7 @@ fn trace_unsupported_version() {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let minor = name
-                .strip_prefix("3.")?
-                .split('.')
-                .next()?
-                .parse::<u32>()
-                .ok()?;
+            let minor = name.strip_prefix("3.")?.split('.').next()?.parse::<u32>().ok()?;
             let bin = e.path().join(format!("bin/python3.{minor}"));
             (minor < 8 && bin.exists()).then(|| (format!("3.{minor}"), bin))
         })
@@ -108,18 +83,9 @@ fn trace_unsupported_version() {
         eprintln!("pyleak-e2e: SKIPPED trace_unsupported_version: no CPython < 3.8 under {root}");
         return;
     };
-    let python = KillOnDrop::spawn(
-        bin.to_str().expect("utf-8"),
-        &["-c", "import time; time.sleep(1000)"],
-    );
+    let python = KillOnDrop::spawn(bin.to_str().expect("utf-8"), &["-c", "import time; time.sleep(1000)"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let finished = pyleak([
-        "trace",
-        "--pid",
-        &python.pid().to_string(),
-        "--duration",
-        "5",
-    ]);
+    let finished = pyleak(["trace", "--pid", &python.pid().to_string(), "--duration", "5"]);
     // The message names the version (with its micro release when pyleak can read it).
     assert_runtime_error(&finished, "which pyleak does not support");
     assert!(
@@ -134,24 +100,20 @@ fn trace_unsupported_version() {
 
 /// Capabilities removed by `setpriv` before it execs pyleak. As root, a
 /// capability missing from the bounding set is not regained at exec.
-const DROP_CAPS: [&str; 2] = [
-    "--bounding-set=-sys_admin,-bpf,-perfmon",
-    "--inh-caps=-sys_admin,-bpf,-perfmon",
-];
+const DROP_CAPS: [&str; 2] =
+    ["--bounding-set=-sys_admin,-bpf,-perfmon", "--inh-caps=-sys_admin,-bpf,-perfmon"];
 const CAP_SYS_ADMIN_BIT: u32 = 21;
 
 /// `trace --pid` of a live Python target, run by root without CAP_SYS_ADMIN
 /// (and CAP_BPF, CAP_PERFMON): exit 1, message names `CAP_SYS_ADMIN`.
 #[test]
 fn trace_without_cap_sys_admin() {
-    let setpriv = find_in_path("setpriv")
-        .unwrap_or_else(|| panic!("this test needs setpriv (util-linux) in $PATH"));
+    let setpriv =
+        find_in_path("setpriv").unwrap_or_else(|| panic!("this test needs setpriv (util-linux) in $PATH"));
 
     // First make sure the dropped set really lacks CAP_SYS_ADMIN.
     let mut check = Command::new(&setpriv);
-    check
-        .args(DROP_CAPS)
-        .args(["--", "cat", "/proc/self/status"]);
+    check.args(DROP_CAPS).args(["--", "cat", "/proc/self/status"]);
     let status = run_command(check, RUN_TIMEOUT);
     let cap_eff = status
         .stdout
@@ -159,11 +121,7 @@ fn trace_without_cap_sys_admin() {
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or_else(|| panic!("no CapEff in /proc/self/status under setpriv\n{status}"));
-    assert_eq!(
-        cap_eff & (1 << CAP_SYS_ADMIN_BIT),
-        0,
-        "setpriv did not drop CAP_SYS_ADMIN\n{status}"
-    );
+    assert_eq!(cap_eff & (1 << CAP_SYS_ADMIN_BIT), 0, "setpriv did not drop CAP_SYS_ADMIN\n{status}");
 
     for_each_python(|python| {
         let target = Target::ready(python, "leak_basic.py");
@@ -172,13 +130,7 @@ fn trace_without_cap_sys_admin() {
             .args(DROP_CAPS)
             .arg("--")
             .arg(pyleak_bin())
-            .args([
-                "trace",
-                "--pid",
-                &target.pid().to_string(),
-                "--duration",
-                "5",
-            ])
+            .args(["trace", "--pid", &target.pid().to_string(), "--duration", "5"])
             .env_remove("RUST_LOG");
         let finished = run_command(command, RUN_TIMEOUT);
         assert_runtime_error(&finished, "CAP_SYS_ADMIN");
@@ -199,16 +151,7 @@ fn usage_errors_exit_2() {
     ];
     for args in cases {
         let finished = pyleak(*args);
-        assert_eq!(
-            finished.status.code(),
-            Some(2),
-            "`pyleak {}`: want exit 2\n{finished}",
-            args.join(" ")
-        );
-        assert!(
-            !finished.stderr.trim().is_empty(),
-            "`pyleak {}`: no message\n{finished}",
-            args.join(" ")
-        );
+        assert_eq!(finished.status.code(), Some(2), "`pyleak {}`: want exit 2\n{finished}", args.join(" "));
+        assert!(!finished.stderr.trim().is_empty(), "`pyleak {}`: no message\n{finished}", args.join(" "));
     }
 }

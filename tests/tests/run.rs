@@ -26,23 +26,14 @@ fn leak_line() -> u32 {
 /// The whole leak of run_leak.py (it starts leaking at once), from its constants.
 fn leak_bytes_bounds() -> (u64, u64) {
     let path = script(SCRIPT);
-    leak_bounds(
-        script_const(&path, "LEAK_COUNT"),
-        script_const(&path, "LEAK_SIZE"),
-    )
+    leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"))
 }
 
 fn assert_top_is_leak(report: &Report) {
     let leak = leak_line();
     let top = report.top();
-    assert!(
-        top.is_at(SCRIPT, leak),
-        "the top stack is not at {SCRIPT}:{leak}\n{report}"
-    );
-    assert_eq!(
-        top.frames[0].function, "leak",
-        "frames[0].function\n{report}"
-    );
+    assert!(top.is_at(SCRIPT, leak), "the top stack is not at {SCRIPT}:{leak}\n{report}");
+    assert_eq!(top.frames[0].function, "leak", "frames[0].function\n{report}");
 }
 
 /// Exit 0; the top stack is the leak with all of its bytes (so tracing
@@ -55,13 +46,7 @@ fn run_reports_the_leak() {
         report.check_contract(python, None);
         assert_top_is_leak(&report);
         let (low, high) = leak_bytes_bounds();
-        assert_between(
-            report.top().outstanding_bytes,
-            low,
-            high,
-            "leak bytes",
-            &report,
-        );
+        assert_between(report.top().outstanding_bytes, low, high, "leak bytes", &report);
         let churn = marker_line(&script(SCRIPT), "CHURN");
         let top_bytes = report.top().outstanding_bytes;
         for (rank, stack) in report.stacks().iter().enumerate().take(3) {
@@ -70,10 +55,7 @@ fn run_reports_the_leak() {
                 "stack #{rank} at the CHURN line holds more than 5% of the leak\n{report}"
             );
         }
-        assert!(
-            report.json.command.contains(SCRIPT),
-            "`command` does not name {SCRIPT}\n{report}"
-        );
+        assert!(report.json.command.contains(SCRIPT), "`command` does not name {SCRIPT}\n{report}");
     });
 }
 
@@ -84,23 +66,10 @@ fn run_group_by_line_top_1() {
     for_each_python(|python| {
         let report = run_leak(python, &["--group-by", "line", "--top", "1"]);
         report.check_contract(python, None);
-        assert_eq!(
-            report.stacks().len(),
-            1,
-            "--top 1 should give exactly one stack\n{report}"
-        );
-        assert!(
-            report.top().is_at(SCRIPT, leak_line()),
-            "the one stack is not the leak's line\n{report}"
-        );
+        assert_eq!(report.stacks().len(), 1, "--top 1 should give exactly one stack\n{report}");
+        assert!(report.top().is_at(SCRIPT, leak_line()), "the one stack is not the leak's line\n{report}");
         let (low, high) = leak_bytes_bounds();
-        assert_between(
-            report.top().outstanding_bytes,
-            low,
-            high,
-            "leak bytes",
-            &report,
-        );
+        assert_between(report.top().outstanding_bytes, low, high, "leak bytes", &report);
     });
 }
 
@@ -128,10 +97,7 @@ fn run_min_age_filters_young_allocations() {
     for_each_python(|python| {
         let report = run_leak(python, &["--min-age", "3600"]);
         report.check_contract(python, None);
-        assert!(
-            report.stacks().is_empty(),
-            "--min-age 3600 should leave no stacks\n{report}"
-        );
+        assert!(report.stacks().is_empty(), "--min-age 3600 should leave no stacks\n{report}");
     });
 }
 
@@ -169,21 +135,10 @@ fn run_include_exclude() {
 fn run_table_format_to_stdout() {
     for_each_python(|python| {
         let path = script(SCRIPT);
-        let finished = pyleak([
-            OsStr::new("run"),
-            OsStr::new("--"),
-            python.path.as_os_str(),
-            path.as_os_str(),
-        ]);
-        assert_eq!(
-            finished.status.code(),
-            Some(0),
-            "{python}: want exit 0\n{finished}"
-        );
-        assert!(
-            finished.stdout.contains(SCRIPT),
-            "{python}: the table does not name {SCRIPT}\n{finished}"
-        );
+        let finished =
+            pyleak([OsStr::new("run"), OsStr::new("--"), python.path.as_os_str(), path.as_os_str()]);
+        assert_eq!(finished.status.code(), Some(0), "{python}: want exit 0\n{finished}");
+        assert!(finished.stdout.contains(SCRIPT), "{python}: the table does not name {SCRIPT}\n{finished}");
     });
 }
 
@@ -206,10 +161,7 @@ fn trace_demo_service_shows_the_leak() {
         let report = tracer.finish(std::time::Duration::from_secs(120));
         report.check_contract(python, None);
         let top = report.top();
-        assert_eq!(
-            top.frames[0].function, "render_page",
-            "frames[0] of the top stack\n{report}"
-        );
+        assert_eq!(top.frames[0].function, "render_page", "frames[0] of the top stack\n{report}");
         let caller = top.frames.get(1);
         assert!(
             // co_qualname exists from 3.11 on; before, the qualname is the bare name.
@@ -234,13 +186,7 @@ fn run_native_leak_is_charged_to_its_python_line() {
         let report = run_report(python, &path, &[], &["--group-by", "line"]);
         let bytes = report.bytes_at("run_native_leak.py", line);
         // ctypes' own small objects for each call come on top of the malloc'd blocks.
-        assert_between(
-            bytes,
-            expected,
-            expected + expected / 10,
-            "bytes at the NATIVE line",
-            &report,
-        );
+        assert_between(bytes, expected, expected + expected / 10, "bytes at the NATIVE line", &report);
         assert!(
             report.bytes_at("run_native_leak.py", churn) < expected / 100,
             "the malloc/free churn shows as outstanding\n{report}"
@@ -263,22 +209,12 @@ fn run_debian_lto_python() {
     let path = script("run_leak.py");
     let leak = marker_line(&path, "LEAK");
     let finished = pyleak_json_run(debian, &path, &[]);
-    let coverage = finished["python"]["coverage"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let coverage = finished["python"]["coverage"].as_str().unwrap_or_default().to_string();
     let notes = finished["python"]["notes"].to_string();
     assert_eq!(coverage, "partial", "{finished:#}");
-    assert!(
-        notes.contains("inlined") && notes.contains("PYTHONMALLOC=malloc"),
-        "{finished:#}"
-    );
+    assert!(notes.contains("inlined") && notes.contains("PYTHONMALLOC=malloc"), "{finished:#}");
     let top = &finished["stacks"][0]["frames"][0];
-    assert_eq!(
-        top["line"].as_u64(),
-        Some(leak as u64),
-        "the top stack is not the leak\n{finished:#}"
-    );
+    assert_eq!(top["line"].as_u64(), Some(leak as u64), "the top stack is not the leak\n{finished:#}");
 
     // PYTHONMALLOC=malloc routes pymalloc's small objects through libc malloc: pyleak must
     // then see far more (small) blocks than the inlined allocator let it see.
@@ -291,11 +227,7 @@ fn run_debian_lto_python() {
         seen(&finished)
     );
     let top = &all["stacks"][0]["frames"][0];
-    assert_eq!(
-        top["line"].as_u64(),
-        Some(leak as u64),
-        "the top stack is not the leak\n{all:#}"
-    );
+    assert_eq!(top["line"].as_u64(), Some(leak as u64), "the top stack is not the leak\n{all:#}");
 }
 
 /// Runs `pyleak run --format json` on `script` with an arbitrary interpreter
@@ -308,12 +240,7 @@ fn pyleak_json_run(
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("report.json");
     let mut command = pyleak_e2e::pyleak_command();
-    command
-        .args(["run", "--format", "json", "-o"])
-        .arg(&out)
-        .arg("--")
-        .arg(python)
-        .arg(script);
+    command.args(["run", "--format", "json", "-o"]).arg(&out).arg("--").arg(python).arg(script);
     for (k, v) in env {
         command.env(k, v);
     }

@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use pyleak_e2e::{
-    Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds, marker_line,
-    script, script_const, trace_scenario, tracemalloc_truth,
+    Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds, marker_line, script,
+    script_const, trace_scenario, tracemalloc_truth,
 };
 
 /// leak_basic.py: the top stack is the leak, with tracemalloc's bytes and
@@ -25,57 +25,23 @@ fn trace_leak_basic_stack_and_bytes() {
         let churn = marker_line(&path, "CHURN");
         let expected_stack = [
             ("leak", "leak", "leak_basic.py", leak),
-            (
-                "work",
-                "work",
-                "leak_basic.py",
-                marker_line(&path, "CALL-LEAK"),
-            ),
-            (
-                "run",
-                "run",
-                "scenario.py",
-                marker_line(&script("scenario.py"), "WORK"),
-            ),
-            (
-                "<module>",
-                "<module>",
-                "leak_basic.py",
-                marker_line(&path, "MAIN"),
-            ),
+            ("work", "work", "leak_basic.py", marker_line(&path, "CALL-LEAK")),
+            ("run", "run", "scenario.py", marker_line(&script("scenario.py"), "WORK")),
+            ("<module>", "<module>", "leak_basic.py", marker_line(&path, "MAIN")),
         ];
         let truth = tracemalloc_truth(python, "leak_basic.py").marker("LEAK");
 
         let report = trace_scenario(python, "leak_basic.py", &[]);
 
         let top = report.top();
-        assert!(
-            top.is_at("leak_basic.py", leak),
-            "the top stack is not at leak_basic.py:{leak}\n{report}"
-        );
+        assert!(top.is_at("leak_basic.py", leak), "the top stack is not at leak_basic.py:{leak}\n{report}");
         let frames: Vec<_> = top
             .frames
             .iter()
-            .map(|f| {
-                (
-                    f.function.as_str(),
-                    f.qualname.as_str(),
-                    f.basename(),
-                    f.line,
-                )
-            })
+            .map(|f| (f.function.as_str(), f.qualname.as_str(), f.basename(), f.line))
             .collect();
-        assert_eq!(
-            frames, expected_stack,
-            "the leak's stack, innermost first\n{report}"
-        );
-        assert_close(
-            top.outstanding_bytes,
-            truth.bytes,
-            10,
-            "outstanding bytes of the leak",
-            &report,
-        );
+        assert_eq!(frames, expected_stack, "the leak's stack, innermost first\n{report}");
+        assert_close(top.outstanding_bytes, truth.bytes, 10, "outstanding bytes of the leak", &report);
         assert_close(
             top.outstanding_allocations,
             truth.blocks,
@@ -85,8 +51,7 @@ fn trace_leak_basic_stack_and_bytes() {
         );
         for (rank, stack) in report.stacks().iter().enumerate().take(3) {
             assert!(
-                !stack.is_at("leak_basic.py", churn)
-                    || stack.outstanding_bytes * 20 <= top.outstanding_bytes,
+                !stack.is_at("leak_basic.py", churn) || stack.outstanding_bytes * 20 <= top.outstanding_bytes,
                 "stack #{rank} at the CHURN line (leak_basic.py:{churn}) holds {} bytes, more than 5% \
                  of the leak's {}: freed churn counted as outstanding\n{report}",
                 stack.outstanding_bytes,
@@ -107,18 +72,8 @@ fn trace_realloc_and_calloc() {
         let path = script("realloc_calloc.py");
         let c = |name| script_const(&path, name);
         let cases = [
-            (
-                "REALLOC",
-                "grow_large",
-                c("REALLOC_BUFFERS"),
-                c("REALLOC_STEPS") * c("REALLOC_CHUNK"),
-            ),
-            (
-                "REALLOC-SMALL",
-                "grow_small",
-                c("SMALL_BUFFERS"),
-                c("SMALL_STEPS") * c("SMALL_CHUNK"),
-            ),
+            ("REALLOC", "grow_large", c("REALLOC_BUFFERS"), c("REALLOC_STEPS") * c("REALLOC_CHUNK")),
+            ("REALLOC-SMALL", "grow_small", c("SMALL_BUFFERS"), c("SMALL_STEPS") * c("SMALL_CHUNK")),
             ("CALLOC", "zeroed", c("CALLOC_OBJECTS"), c("CALLOC_SIZE")),
         ];
 
@@ -127,32 +82,17 @@ fn trace_realloc_and_calloc() {
         for (marker, function, count, size) in cases {
             let line = marker_line(&path, marker);
             let stack = report.expect_stack_at("realloc_calloc.py", line);
-            assert_eq!(
-                stack.frames[0].function, function,
-                "{marker}: frames[0].function\n{report}"
-            );
+            assert_eq!(stack.frames[0].function, function, "{marker}: frames[0].function\n{report}");
             let expected = count * size;
             let bytes = report.bytes_at("realloc_calloc.py", line);
-            assert_between(
-                bytes,
-                expected,
-                expected * 11 / 10 + 4096,
-                &format!("{marker} bytes"),
-                &report,
-            );
+            assert_between(bytes, expected, expected * 11 / 10 + 4096, &format!("{marker} bytes"), &report);
             let blocks: u64 = report
                 .stacks_at("realloc_calloc.py", line)
                 .iter()
                 .map(|(_, s)| s.outstanding_allocations)
                 .sum();
             // +2: the list that keeps the objects may grow on the same line.
-            assert_between(
-                blocks,
-                count,
-                count + 2,
-                &format!("{marker} outstanding allocations"),
-                &report,
-            );
+            assert_between(blocks, count, count + 2, &format!("{marker} outstanding allocations"), &report);
         }
     });
 }
@@ -166,10 +106,7 @@ fn trace_ignores_preexisting_allocations() {
         let path = script("preexisting.py");
         let before = marker_line(&path, "BEFORE");
         let after = marker_line(&path, "AFTER");
-        let (low, high) = leak_bounds(
-            script_const(&path, "AFTER_COUNT"),
-            script_const(&path, "AFTER_SIZE"),
-        );
+        let (low, high) = leak_bounds(script_const(&path, "AFTER_COUNT"), script_const(&path, "AFTER_SIZE"));
 
         let report = trace_scenario(python, "preexisting.py", &[]);
 
@@ -178,13 +115,7 @@ fn trace_ignores_preexisting_allocations() {
             "a stack at the BEFORE line (preexisting.py:{before}), allocated before the trace\n{report}"
         );
         report.expect_stack_at("preexisting.py", after);
-        assert_between(
-            report.bytes_at("preexisting.py", after),
-            low,
-            high,
-            "AFTER bytes",
-            &report,
-        );
+        assert_between(report.bytes_at("preexisting.py", after), low, high, "AFTER bytes", &report);
         // check_contract (in trace_scenario) already bounds every total below 2^62.
         assert!(
             report.json.totals.outstanding_bytes >= low,
@@ -204,24 +135,14 @@ fn trace_threads_have_their_own_stacks() {
 
         let report = trace_scenario(python, "threads.py", &[]);
 
-        for (marker, own, other) in [
-            ("LEAK-A", "leak_a", "leak_b"),
-            ("LEAK-B", "leak_b", "leak_a"),
-        ] {
+        for (marker, own, other) in [("LEAK-A", "leak_a", "leak_b"), ("LEAK-B", "leak_b", "leak_a")] {
             let line = marker_line(&path, marker);
             let stack = report.expect_stack_at("threads.py", line);
-            assert_eq!(
-                stack.frames[0].function, own,
-                "{marker}: frames[0].function\n{report}"
-            );
-            assert!(
-                !stack.has_function(other),
-                "the {marker} stack goes through {other}\n{report}"
-            );
+            assert_eq!(stack.frames[0].function, own, "{marker}: frames[0].function\n{report}");
+            assert!(!stack.has_function(other), "the {marker} stack goes through {other}\n{report}");
             let caller = stack.frames.get(1);
             assert!(
-                caller
-                    .is_some_and(|f| f.qualname == "Thread.run" && f.basename() == "threading.py"),
+                caller.is_some_and(|f| f.qualname == "Thread.run" && f.basename() == "threading.py"),
                 "{marker}: frames[1] should be Thread.run in threading.py\n{report}"
             );
             assert_close(
@@ -249,10 +170,7 @@ fn trace_target_exits_midway() {
     for_each_python(|python| {
         let path = script("exits_midway.py");
         let leak = marker_line(&path, "LEAK");
-        let (low, high) = leak_bounds(
-            script_const(&path, "LEAK_COUNT"),
-            script_const(&path, "LEAK_SIZE"),
-        );
+        let (low, high) = leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"));
 
         let mut target = Target::ready(python, "exits_midway.py");
         let pid = target.pid();
@@ -261,11 +179,7 @@ fn trace_target_exits_midway() {
         target.send("go");
         target.wait_for_line("done");
         let status = target.wait_exit(Duration::from_secs(30));
-        assert!(
-            status.success(),
-            "exits_midway.py failed: {status}\n{}",
-            target.output()
-        );
+        assert!(status.success(), "exits_midway.py failed: {status}\n{}", target.output());
         let mut report = tracer.stop_after_target_exit(Duration::from_secs(15));
         report.context = format!("{python}, exits_midway.py: {}", report.context);
 
@@ -275,13 +189,7 @@ fn trace_target_exits_midway() {
         );
         report.check_contract(python, Some(pid));
         report.expect_stack_at("exits_midway.py", leak);
-        assert_between(
-            report.bytes_at("exits_midway.py", leak),
-            low,
-            high,
-            "leak bytes",
-            &report,
-        );
+        assert_between(report.bytes_at("exits_midway.py", leak), low, high, "leak bytes", &report);
     });
 }
 
@@ -308,10 +216,7 @@ fn trace_duration_ends_trace() {
             "pyleak ended after {elapsed:?}, before --duration 5\n{report}"
         );
         let duration = report.json.duration_s;
-        assert!(
-            (4.5..=30.0).contains(&duration),
-            "duration_s is {duration}, want about 5\n{report}"
-        );
+        assert!((4.5..=30.0).contains(&duration), "duration_s is {duration}, want about 5\n{report}");
         report.expect_stack_at("leak_basic.py", leak);
     });
 }
@@ -331,21 +236,10 @@ fn trace_full_map_counts_lost_events() {
         target.wait_for_line("done");
         let report = tracer.stop();
         let t = &report.json.totals;
+        assert!(t.lost_events > 1000, "expected lost events with a 200-entry map\n{report}");
+        assert!(t.outstanding_allocations <= 200, "more blocks outstanding than the map holds\n{report}");
         assert!(
-            t.lost_events > 1000,
-            "expected lost events with a 200-entry map\n{report}"
-        );
-        assert!(
-            t.outstanding_allocations <= 200,
-            "more blocks outstanding than the map holds\n{report}"
-        );
-        assert!(
-            report
-                .json
-                .python
-                .notes
-                .iter()
-                .any(|n| n.contains("not recorded because a kernel map was full")),
+            report.json.python.notes.iter().any(|n| n.contains("not recorded because a kernel map was full")),
             "the report does not explain the lost events\n{report}"
         );
     });
@@ -362,24 +256,13 @@ fn trace_target_in_private_mount_namespace() {
         panic!("unshare (util-linux) is needed for this test");
     };
     for_each_python(|python| {
-        let prefix = python
-            .path
-            .parent()
-            .and_then(|p| p.parent())
-            .expect("pyenv prefix");
+        let prefix = python.path.parent().and_then(|p| p.parent()).expect("pyenv prefix");
         let lib = prefix.join(format!("lib/libpython{}.so.1.0", python.minor));
-        assert!(
-            lib.exists(),
-            "{} has no shared libpython at {}",
-            python.minor,
-            lib.display()
-        );
+        assert!(lib.exists(), "{} has no shared libpython at {}", python.minor, lib.display());
         let dir = tempfile::tempdir().expect("tempdir");
         let copy = dir.path().join("libpython-copy.so");
         std::fs::copy(&lib, &copy).expect("copying libpython");
-        let host_inode = std::fs::metadata(&lib)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap();
+        let host_inode = std::fs::metadata(&lib).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
         let path = script("slow_leak.py");
         let shell = format!(
             "mount --bind '{}' '{}' && exec '{}' '{}'",
@@ -408,10 +291,7 @@ fn trace_target_in_private_mount_namespace() {
             .and_then(|l| l.split_whitespace().nth(4))
             .and_then(|i| i.parse().ok())
             .expect("inode in maps");
-        assert_ne!(
-            mapped_inode, host_inode,
-            "the bind mount did not take effect"
-        );
+        assert_ne!(mapped_inode, host_inode, "the bind mount did not take effect");
 
         let mut tracer = Tracer::start(target.pid(), &["--duration", "3"]);
         tracer.wait_attached();

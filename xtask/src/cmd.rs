@@ -22,18 +22,15 @@ pub fn cargo_bin_dir() -> Option<PathBuf> {
     if let Some(home) = env::var_os("CARGO_HOME").filter(|h| !h.is_empty()) {
         return Some(PathBuf::from(home).join("bin"));
     }
-    env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|h| PathBuf::from(h).join(".cargo/bin"))
+    env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".cargo/bin"))
 }
 
 /// The `PATH` every child runs with: the cargo bin directory first, then the caller's `PATH`.
 pub fn child_path() -> &'static OsString {
     static PATH: OnceLock<OsString> = OnceLock::new();
     PATH.get_or_init(|| {
-        let current: Vec<PathBuf> = env::var_os("PATH")
-            .map(|p| env::split_paths(&p).collect())
-            .unwrap_or_default();
+        let current: Vec<PathBuf> =
+            env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
         let bin = cargo_bin_dir();
         let mut dirs: Vec<PathBuf> = bin.iter().cloned().collect();
         dirs.extend(current.into_iter().filter(|d| Some(d) != bin.as_ref()));
@@ -46,10 +43,7 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     env::split_paths(child_path())
         .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// A command that runs with [`child_path`] (which is also where `program` is looked up).
@@ -84,10 +78,7 @@ pub struct Captured {
 /// Runs `c` to completion with its output captured; a non-zero exit is not an error here (for
 /// checks where it means "no").
 pub fn capture_any(c: &mut Command) -> Result<Captured> {
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not run `{}`", show(c)))?;
+    let out = c.stdin(Stdio::null()).output().with_context(|| format!("could not run `{}`", show(c)))?;
     Ok(Captured {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -100,12 +91,7 @@ pub fn capture_any(c: &mut Command) -> Result<Captured> {
 pub fn capture(c: &mut Command) -> Result<String> {
     let out = capture_any(c)?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            show(c),
-            out.status,
-            tail(&out.stderr)
-        );
+        bail!("`{}` failed ({}): {}", show(c), out.status, tail(&out.stderr));
     }
     Ok(out.stdout)
 }
@@ -136,14 +122,9 @@ pub fn run_teed(c: &mut Command) -> Result<()> {
             kept.drain(..kept.len() - 64 * 1024);
         }
     }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{shown}`"))?;
+    let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
     if !status.success() {
-        bail!(
-            "`{shown}` failed ({status}): {}",
-            tail(&String::from_utf8_lossy(&kept))
-        );
+        bail!("`{shown}` failed ({status}): {}", tail(&String::from_utf8_lossy(&kept)));
     }
     Ok(())
 }
@@ -152,9 +133,7 @@ pub fn run_teed(c: &mut Command) -> Result<()> {
 /// Its stderr is already on the terminal, so a failure's error names the command and says so.
 pub fn run(c: &mut Command) -> Result<()> {
     let shown = show(c);
-    let status = c
-        .status()
-        .with_context(|| format!("could not run `{shown}`"))?;
+    let status = c.status().with_context(|| format!("could not run `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status}); its stderr is above");
     }
@@ -183,12 +162,8 @@ mod tests {
     #[test]
     fn show_lists_env_then_program_and_args() {
         let mut c = cmd("cargo");
-        c.env("LLVM_PREFIX", "/usr/lib/llvm-22")
-            .args(["+1.98.0", "install", "bpf-linker"]);
-        assert_eq!(
-            show(&c),
-            "LLVM_PREFIX=/usr/lib/llvm-22 cargo +1.98.0 install bpf-linker"
-        );
+        c.env("LLVM_PREFIX", "/usr/lib/llvm-22").args(["+1.98.0", "install", "bpf-linker"]);
+        assert_eq!(show(&c), "LLVM_PREFIX=/usr/lib/llvm-22 cargo +1.98.0 install bpf-linker");
     }
 
     #[test]

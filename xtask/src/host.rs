@@ -41,11 +41,8 @@ impl Host {
         if self.blockers.is_empty() {
             return Ok(());
         }
-        let reasons: Vec<String> = self
-            .blockers
-            .iter()
-            .map(|(what, fix)| format!("\n  - {what}: {fix}"))
-            .collect();
+        let reasons: Vec<String> =
+            self.blockers.iter().map(|(what, fix)| format!("\n  - {what}: {fix}")).collect();
         let rerun = if self.not_root {
             format!(
                 "\nrerun it as root: `sudo -E env \"PATH=$PATH\" cargo xtask {task}` \
@@ -94,10 +91,7 @@ pub fn check() -> Host {
              rerun as root"
                 .into(),
         ),
-        None => blocker(
-            privileges,
-            "cannot read CapEff from /proc/self/status".into(),
-        ),
+        None => blocker(privileges, "cannot read CapEff from /proc/self/status".into()),
     }
 
     if Path::new(BTF).exists() {
@@ -122,21 +116,14 @@ pub fn check() -> Host {
 
     let found = test_interpreters();
     let what = "CPython for tests";
-    if found
-        .iter()
-        .any(|i| i.pyenv && (i.minor == 11 || i.minor == 12))
-    {
+    if found.iter().any(|i| i.pyenv && (i.minor == 11 || i.minor == 12)) {
         let list: Vec<String> = found.iter().map(Interpreter::describe).collect();
         say(what, &format!("ok ({})", list.join(", ")));
     } else {
         let have = if found.is_empty() {
             "none found".to_string()
         } else {
-            found
-                .iter()
-                .map(Interpreter::describe)
-                .collect::<Vec<_>>()
-                .join(", ")
+            found.iter().map(Interpreter::describe).collect::<Vec<_>>().join(", ")
         };
         say(
             what,
@@ -146,10 +133,7 @@ pub fn check() -> Host {
             ),
         );
     }
-    Host {
-        blockers,
-        not_root: uid != Some(0),
-    }
+    Host { blockers, not_root: uid != Some(0) }
 }
 
 /// The effective capability set, from `CapEff:` in /proc/self/status.
@@ -169,10 +153,7 @@ pub fn is_root() -> bool {
 }
 
 fn parse_status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next())
 }
 
 /// A CPython the tests or the demo can run.
@@ -189,11 +170,7 @@ pub struct Interpreter {
 
 impl Interpreter {
     fn describe(&self) -> String {
-        if self.pyenv {
-            format!("pyenv {}", self.name)
-        } else {
-            self.name.clone()
-        }
+        if self.pyenv { format!("pyenv {}", self.name) } else { self.name.clone() }
     }
 }
 
@@ -219,9 +196,7 @@ fn pyenv_root() -> Option<PathBuf> {
 /// `3.12.1` -> (12, Some(1)); `3.12-dev` -> (12, None); `pypy3.10-7.3` or `2.7.18` -> None.
 fn parse_version_name(name: &str) -> Option<(u32, Option<u32>)> {
     let rest = name.strip_prefix("3.")?;
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
     let minor = rest[..end].parse().ok()?;
     let patch = rest[end..].strip_prefix('.').and_then(|p| p.parse().ok());
     Some((minor, patch))
@@ -238,13 +213,7 @@ pub fn pyenv_interpreters() -> Vec<Interpreter> {
             };
             let executable = e.path().join(format!("bin/python3.{minor}"));
             if TEST_MINORS.contains(&minor) && executable.is_file() {
-                found.push(Interpreter {
-                    name,
-                    minor,
-                    patch,
-                    executable,
-                    pyenv: true,
-                });
+                found.push(Interpreter { name, minor, patch, executable, pyenv: true });
             }
         }
     }
@@ -286,15 +255,9 @@ pub fn demo_python() -> Result<(PathBuf, String)> {
 }
 
 fn pick_demo(found: &[Interpreter]) -> Option<&Interpreter> {
-    let newest = |minor: u32| {
-        found
-            .iter()
-            .filter(|i| i.minor == minor && i.patch.is_some())
-            .max_by_key(|i| i.patch)
-    };
-    newest(12)
-        .or_else(|| newest(11))
-        .or_else(|| found.iter().rev().find(|i| i.minor == 12 || i.minor == 11))
+    let newest =
+        |minor: u32| found.iter().filter(|i| i.minor == minor && i.patch.is_some()).max_by_key(|i| i.patch);
+    newest(12).or_else(|| newest(11)).or_else(|| found.iter().rev().find(|i| i.minor == 12 || i.minor == 11))
 }
 
 #[cfg(test)]
@@ -304,13 +267,7 @@ mod tests {
     fn interp(name: &str) -> Interpreter {
         let (minor, patch) = parse_version_name(name).unwrap();
         let executable = PathBuf::from(format!("/p/versions/{name}/bin/python3.{minor}"));
-        Interpreter {
-            name: name.into(),
-            minor,
-            patch,
-            executable,
-            pyenv: true,
-        }
+        Interpreter { name: name.into(), minor, patch, executable, pyenv: true }
     }
 
     #[test]
@@ -344,25 +301,11 @@ mod tests {
 
     #[test]
     fn refusal_names_reason_and_fix() {
-        let host = Host {
-            blockers: vec![("uprobe PMU".into(), "CONFIG_UPROBE_EVENTS".into())],
-            not_root: true,
-        };
+        let host =
+            Host { blockers: vec![("uprobe PMU".into(), "CONFIG_UPROBE_EVENTS".into())], not_root: true };
         let msg = host.require_tracing("test").unwrap_err().to_string();
-        assert!(
-            msg.contains("cargo xtask test") && msg.contains("uprobe PMU: CONFIG_UPROBE_EVENTS")
-        );
-        assert!(
-            msg.contains("sudo -E env \"PATH=$PATH\" cargo xtask test"),
-            "{msg}"
-        );
-        assert!(
-            Host {
-                blockers: vec![],
-                not_root: true
-            }
-            .require_tracing("demo")
-            .is_ok()
-        );
+        assert!(msg.contains("cargo xtask test") && msg.contains("uprobe PMU: CONFIG_UPROBE_EVENTS"));
+        assert!(msg.contains("sudo -E env \"PATH=$PATH\" cargo xtask test"), "{msg}");
+        assert!(Host { blockers: vec![], not_root: true }.require_tracing("demo").is_ok());
     }
 }

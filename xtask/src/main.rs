@@ -104,9 +104,7 @@ fn run(task: Task) -> Result<()> {
 
 /// The workspace root (xtask lives one level below it).
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace")
 }
 
 /// `cargo` (rustup's proxy, so rust-toolchain.toml applies) run in the workspace root.
@@ -155,15 +153,9 @@ fn build_pyleak(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     cmd::run(&mut c)?;
-    let bin = target_dir()?
-        .join(if release { "release" } else { "debug" })
-        .join("pyleak");
+    let bin = target_dir()?.join(if release { "release" } else { "debug" }).join("pyleak");
     if !bin.is_file() {
-        bail!(
-            "`{}` succeeded but {} does not exist",
-            cmd::show(&c),
-            bin.display()
-        );
+        bail!("`{}` succeeded but {} does not exist", cmd::show(&c), bin.display());
     }
     Ok(bin)
 }
@@ -175,10 +167,7 @@ fn test(args: &[String]) -> Result<()> {
     // --no-fail-fast: one failing test binary must not hide the results of the others.
     c.args(["test", "--workspace", "--exclude", "pyleak-ebpf"]);
     c.args(["--no-fail-fast", "--"]);
-    if !args
-        .iter()
-        .any(|a| a == "--test-threads" || a.starts_with("--test-threads="))
-    {
+    if !args.iter().any(|a| a == "--test-threads" || a.starts_with("--test-threads=")) {
         c.arg("--test-threads=2");
     }
     c.args(args).env("PYLEAK_BIN", &bin);
@@ -197,10 +186,7 @@ fn demo() -> Result<()> {
     setup::all_for_tracing("demo")?;
     let script = root().join("demo/leaky_service.py");
     if !script.is_file() {
-        bail!(
-            "{} is missing: this checkout has no demo app",
-            script.display()
-        );
+        bail!("{} is missing: this checkout has no demo app", script.display());
     }
     let (python, why) = host::demo_python()?;
     eprintln!("demo: python: {} ({why})", python.display());
@@ -215,8 +201,7 @@ fn demo() -> Result<()> {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let pid = service.id().to_string();
     let mut c = cmd::cmd(&bin);
-    c.args(["trace", "--pid", &pid, "--duration", DEMO_TRACE_SECS, "--top", DEMO_TOP])
-        .current_dir(root());
+    c.args(["trace", "--pid", &pid, "--duration", DEMO_TRACE_SECS, "--top", DEMO_TOP]).current_dir(root());
     eprintln!(
         "demo: the service (pid {pid}) is running, leaking in one function amid churn\n\
          demo: running `{}`: pyleak attaches without restarting it, traces {DEMO_TRACE_SECS} s, \
@@ -234,13 +219,7 @@ fn lint() -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     let mut clippy = cargo();
-    clippy.args([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "pyleak-ebpf",
-        "--all-targets",
-    ]);
+    clippy.args(["clippy", "--workspace", "--exclude", "pyleak-ebpf", "--all-targets"]);
     clippy.args(["--", "-D", "warnings"]);
     for c in [&mut fmt, &mut clippy] {
         eprintln!("xtask: {}", cmd::show(c));
@@ -268,9 +247,7 @@ mod tests {
     #[test]
     fn test_args_after_double_dash() {
         let cli = Cli::try_parse_from(["xtask", "test", "--", "e2e_", "--nocapture"]).unwrap();
-        let Task::Test { args } = cli.task else {
-            panic!("not test")
-        };
+        let Task::Test { args } = cli.task else { panic!("not test") };
         assert_eq!(args, ["e2e_", "--nocapture"]);
         assert!(Cli::try_parse_from(["xtask", "test", "e2e_"]).is_err());
     }
@@ -284,10 +261,7 @@ mod tests {
     #[test]
     fn metadata_target_dir() {
         let json = r#"{"packages":[],"target_directory":"/w/a \"b\"\\c\u00e9","version":1}"#;
-        assert_eq!(
-            json_string_field(json, "target_directory").unwrap(),
-            "/w/a \"b\"\\cé"
-        );
+        assert_eq!(json_string_field(json, "target_directory").unwrap(), "/w/a \"b\"\\cé");
         assert_eq!(json_string_field(json, "nope"), None);
     }
 }

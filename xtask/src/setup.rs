@@ -86,10 +86,7 @@ pub fn all_for_tracing(task: &str) -> Result<()> {
         if failed.is_empty() {
             return Err(e);
         }
-        bail!(
-            "{e:#}\nsetup is also incomplete: {} (see the MISSING lines above)",
-            failed.join(", ")
-        );
+        bail!("{e:#}\nsetup is also incomplete: {} (see the MISSING lines above)", failed.join(", "));
     }
     finish(failed)
 }
@@ -101,10 +98,7 @@ pub fn toolchains() -> Result<()> {
 
 fn finish(failed: Vec<String>) -> Result<()> {
     if !failed.is_empty() {
-        bail!(
-            "setup is incomplete: {} (see the MISSING lines above)",
-            failed.join(", ")
-        );
+        bail!("setup is incomplete: {} (see the MISSING lines above)", failed.join(", "));
     }
     Ok(())
 }
@@ -112,13 +106,9 @@ fn finish(failed: Vec<String>) -> Result<()> {
 fn toolchain_steps() -> Vec<String> {
     let mut failed = Vec::new();
     let user = format!("rust {USER_TOOLCHAIN} ({})", USER_COMPONENTS.join(", "));
-    step(&mut failed, &user, |t| {
-        rustup_toolchain(t, USER_TOOLCHAIN, USER_COMPONENTS)
-    });
+    step(&mut failed, &user, |t| rustup_toolchain(t, USER_TOOLCHAIN, USER_COMPONENTS));
     let ebpf = format!("rust {EBPF_NIGHTLY} ({})", EBPF_COMPONENTS.join(", "));
-    step(&mut failed, &ebpf, |t| {
-        rustup_toolchain(t, EBPF_NIGHTLY, EBPF_COMPONENTS)
-    });
+    step(&mut failed, &ebpf, |t| rustup_toolchain(t, EBPF_NIGHTLY, EBPF_COMPONENTS));
     apt_packages(&mut failed);
     // Building bpf-linker needs the user toolchain and LLVM; without them, say so instead.
     let prerequisites: Vec<String> = failed.iter().filter(|f| **f != ebpf).cloned().collect();
@@ -148,59 +138,33 @@ fn names(listed: &str, want: &str) -> bool {
 
 fn installed_toolchains() -> Result<Vec<String>> {
     let out = capture(rustup()?.args(["toolchain", "list"]))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(String::from)
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect())
 }
 
 fn installed_components(toolchain: &str) -> Result<Vec<String>> {
-    let out =
-        capture(rustup()?.args(["component", "list", "--installed", "--toolchain", toolchain]))?;
-    Ok(out
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect())
+    let out = capture(rustup()?.args(["component", "list", "--installed", "--toolchain", toolchain]))?;
+    Ok(out.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
 
 fn missing_components<'a>(toolchain: &str, components: &[&'a str]) -> Result<Vec<&'a str>> {
     let have = installed_components(toolchain)?;
-    Ok(components
-        .iter()
-        .copied()
-        .filter(|c| !have.iter().any(|h| names(h, c)))
-        .collect())
+    Ok(components.iter().copied().filter(|c| !have.iter().any(|h| names(h, c))).collect())
 }
 
 /// Installs `toolchain` (profile minimal) with `components`, or adds the missing components.
 fn rustup_toolchain(thing: &str, toolchain: &str, components: &[&str]) -> Result<String> {
     if !installed_toolchains()?.iter().any(|t| names(t, toolchain)) {
         say(thing, "installing…");
-        run_teed(
-            rustup()?
-                .args(["toolchain", "install", toolchain, "--profile", "minimal"])
-                .args(if components.is_empty() {
-                    vec![]
-                } else {
-                    vec!["--component".into(), components.join(",")]
-                }),
-        )?;
+        run_teed(rustup()?.args(["toolchain", "install", toolchain, "--profile", "minimal"]).args(
+            if components.is_empty() { vec![] } else { vec!["--component".into(), components.join(",")] },
+        ))?;
     } else {
         let missing = missing_components(toolchain, components)?;
         if missing.is_empty() {
             return Ok(String::new());
         }
-        say(
-            thing,
-            &format!("installing… (components {})", missing.join(", ")),
-        );
-        run_teed(
-            rustup()?
-                .args(["component", "add", "--toolchain", toolchain])
-                .args(&missing),
-        )?;
+        say(thing, &format!("installing… (components {})", missing.join(", ")));
+        run_teed(rustup()?.args(["component", "add", "--toolchain", toolchain]).args(&missing))?;
     }
     let still = missing_components(toolchain, components)?;
     if !still.is_empty() {
@@ -229,12 +193,7 @@ fn dpkg_installed(package: &str, why: &str) -> Result<bool> {
         Some(0) => Ok(out.stdout.split_whitespace().last() == Some("installed")),
         // "dpkg-query: no packages found matching …"
         Some(1) => Ok(false),
-        _ => bail!(
-            "`{}` failed ({}): {}",
-            cmd::show(&c),
-            out.status,
-            out.stderr.trim()
-        ),
+        _ => bail!("`{}` failed ({}): {}", cmd::show(&c), out.status, out.stderr.trim()),
     }
 }
 
@@ -288,10 +247,7 @@ fn apt_packages(failed: &mut Vec<String>) {
                 failed.push(p.name.to_string());
             }
             (Ok(()), Ok(false)) => {
-                say(
-                    p.name,
-                    "MISSING: apt-get reported success but dpkg does not list it as installed",
-                );
+                say(p.name, "MISSING: apt-get reported success but dpkg does not list it as installed");
                 failed.push(p.name.to_string());
             }
             (Ok(()), Err(e)) => {
@@ -313,10 +269,7 @@ fn bpf_linker_llvm(linker: &Path) -> Result<String> {
     let dir = env::temp_dir().join(format!("pyleak-xtask-{}", process::id()));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut c = cmd::cmd(linker);
-    c.arg("--llvm-args=--version")
-        .arg("-o")
-        .arg(dir.join("probe.o"))
-        .arg("/dev/null");
+    c.arg("--llvm-args=--version").arg("-o").arg(dir.join("probe.o")).arg("/dev/null");
     let out = capture_any(&mut c);
     let _ = fs::remove_dir_all(&dir);
     let out = out?;
@@ -328,12 +281,7 @@ fn bpf_linker_llvm(linker: &Path) -> Result<String> {
         .map(str::to_string);
     match version {
         Some(v) if out.status.success() => Ok(v),
-        _ => bail!(
-            "`{}` did not print an LLVM version ({}): {}",
-            cmd::show(&c),
-            out.status,
-            text.trim()
-        ),
+        _ => bail!("`{}` did not print an LLVM version ({}): {}", cmd::show(&c), out.status, text.trim()),
     }
 }
 
@@ -351,10 +299,7 @@ fn inspect_bpf_linker() -> std::result::Result<String, String> {
         .map_err(|e| format!("{} does not run: {e:#}", path.display()))?;
     let llvm = bpf_linker_llvm(&path).map_err(|e| format!("{e:#}"))?;
     if llvm_major(&llvm) != Some(LLVM_MAJOR) {
-        return Err(format!(
-            "{} is built against LLVM {llvm}, not LLVM {LLVM_MAJOR}",
-            path.display()
-        ));
+        return Err(format!("{} is built against LLVM {llvm}, not LLVM {LLVM_MAJOR}", path.display()));
     }
     Ok(format!("{version}, LLVM {llvm}, {}", path.display()))
 }
@@ -367,25 +312,14 @@ fn bpf_linker(thing: &str, prerequisites: &[String]) -> Result<String> {
         Err(problem) => problem,
     };
     if !prerequisites.is_empty() {
-        bail!(
-            "{problem}; building it needs {} first",
-            prerequisites.join(" and ")
-        );
+        bail!("{problem}; building it needs {} first", prerequisites.join(" and "));
     }
-    say(
-        thing,
-        &format!("installing… ({problem}; takes about a minute)"),
-    );
+    say(thing, &format!("installing… ({problem}; takes about a minute)"));
     let mut c = cmd::cmd("cargo");
     c.env("LLVM_PREFIX", LLVM_PREFIX)
         .arg(format!("+{USER_TOOLCHAIN}"))
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args([
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{LLVM_MAJOR}"),
-            "--locked",
-        ]);
+        .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}"), "--locked"]);
     // Replace one that cargo installed before with other features (another LLVM).
     if find_on_path("bpf-linker").is_some() {
         c.arg("--force");
@@ -403,15 +337,9 @@ mod tests {
     #[test]
     fn toolchain_names() {
         assert!(names("1.98.0-x86_64-unknown-linux-gnu", "1.98.0"));
-        assert!(names(
-            "nightly-2026-06-25-x86_64-unknown-linux-gnu",
-            "nightly-2026-06-25"
-        ));
+        assert!(names("nightly-2026-06-25-x86_64-unknown-linux-gnu", "nightly-2026-06-25"));
         assert!(names("nightly-2026-06-25", "nightly-2026-06-25"));
-        assert!(!names(
-            "nightly-2026-06-25-x86_64-unknown-linux-gnu",
-            "nightly"
-        ));
+        assert!(!names("nightly-2026-06-25-x86_64-unknown-linux-gnu", "nightly"));
         assert!(!names("1.98.0-x86_64-unknown-linux-gnu", "1.98"));
         assert!(!names("1.98.1-x86_64-unknown-linux-gnu", "1.98.0"));
     }
@@ -445,17 +373,11 @@ mod tests {
     #[test]
     fn rustup_check_finds_missing_components() {
         if find_on_path("rustup").is_none()
-            || !installed_toolchains()
-                .unwrap()
-                .iter()
-                .any(|t| names(t, USER_TOOLCHAIN))
+            || !installed_toolchains().unwrap().iter().any(|t| names(t, USER_TOOLCHAIN))
         {
             return;
         }
-        let missing = missing_components(
-            USER_TOOLCHAIN,
-            &["rustc", "cargo", "pyleak-no-such-component"],
-        );
+        let missing = missing_components(USER_TOOLCHAIN, &["rustc", "cargo", "pyleak-no-such-component"]);
         assert_eq!(missing.unwrap(), ["pyleak-no-such-component"]);
     }
 
@@ -478,10 +400,7 @@ mod tests {
             "rust-toolchain.toml does not pin {USER_TOOLCHAIN}"
         );
         for c in USER_COMPONENTS {
-            assert!(
-                toolchain.contains(&format!("\"{c}\"")),
-                "rust-toolchain.toml lacks {c}"
-            );
+            assert!(toolchain.contains(&format!("\"{c}\"")), "rust-toolchain.toml lacks {c}");
         }
         let build_rs = fs::read_to_string(root.join("pyleak-daemon/build.rs")).unwrap();
         assert!(

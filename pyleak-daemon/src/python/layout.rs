@@ -68,7 +68,8 @@ pub struct Layout {
 }
 
 /// The versions this build of pyleak can trace.
-pub const SUPPORTED: &[Layout] = &[LAYOUT_3_8, LAYOUT_3_9, LAYOUT_3_10, LAYOUT_3_11, LAYOUT_3_12, LAYOUT_3_13];
+pub const SUPPORTED: &[Layout] =
+    &[LAYOUT_3_8, LAYOUT_3_9, LAYOUT_3_10, LAYOUT_3_11, LAYOUT_3_12, LAYOUT_3_13];
 
 /// CPython 3.8 (verified on 3.8.18). Frames are heap `PyFrameObject`s linked by `f_back`;
 /// `f_lasti` counts bytes; line numbers come from `co_lnotab`.
@@ -266,11 +267,19 @@ mod tests {
             };
             let linetable = if layout.minor <= 9 { "co_lnotab" } else { "co_linetable" };
             let mut exprs: Vec<(&str, String, i64)> = vec![
-                ("tstate_thread_id", "&((PyThreadState*)0)->thread_id".into(), layout.tstate_thread_id as i64),
+                (
+                    "tstate_thread_id",
+                    "&((PyThreadState*)0)->thread_id".into(),
+                    layout.tstate_thread_id as i64,
+                ),
                 ("co_filename", "&((PyCodeObject*)0)->co_filename".into(), layout.co_filename as i64),
                 ("co_name", "&((PyCodeObject*)0)->co_name".into(), layout.co_name as i64),
                 ("co_linetable", format!("&((PyCodeObject*)0)->{linetable}"), layout.co_linetable as i64),
-                ("co_firstlineno", "&((PyCodeObject*)0)->co_firstlineno".into(), layout.co_firstlineno as i64),
+                (
+                    "co_firstlineno",
+                    "&((PyCodeObject*)0)->co_firstlineno".into(),
+                    layout.co_firstlineno as i64,
+                ),
                 (
                     "frame_back",
                     format!("&(({frame_type}*)0)->{}", field("f_back", "previous", "previous")),
@@ -292,25 +301,45 @@ mod tests {
                     layout.tstate_frame as i64,
                 ),
                 ("unicode_ascii_data", "sizeof(PyASCIIObject)".into(), layout.unicode_ascii_data as i64),
-                ("unicode_compact_data", "sizeof(PyCompactUnicodeObject)".into(), layout.unicode_compact_data as i64),
+                (
+                    "unicode_compact_data",
+                    "sizeof(PyCompactUnicodeObject)".into(),
+                    layout.unicode_compact_data as i64,
+                ),
             ];
             if !old {
-                exprs.push(("co_code_adaptive", "&((PyCodeObject*)0)->co_code_adaptive".into(), layout.co_code_adaptive as i64));
+                exprs.push((
+                    "co_code_adaptive",
+                    "&((PyCodeObject*)0)->co_code_adaptive".into(),
+                    layout.co_code_adaptive as i64,
+                ));
             }
             if layout.cframe_current_frame != ABSENT {
-                exprs.push(("cframe_current_frame", "&((_PyCFrame*)0)->current_frame".into(), layout.cframe_current_frame as i64));
+                exprs.push((
+                    "cframe_current_frame",
+                    "&((_PyCFrame*)0)->current_frame".into(),
+                    layout.cframe_current_frame as i64,
+                ));
             }
             if let Some(q) = layout.co_qualname {
                 exprs.push(("co_qualname", "&((PyCodeObject*)0)->co_qualname".into(), q as i64));
             }
             if layout.frame_owner != ABSENT {
                 exprs.push(("frame_owner", format!("&(({frame_type}*)0)->owner"), layout.frame_owner as i64));
-                exprs.push(("owner_skip_min", "(int)FRAME_OWNED_BY_CSTACK".into(), layout.owner_skip_min as i64));
+                exprs.push((
+                    "owner_skip_min",
+                    "(int)FRAME_OWNED_BY_CSTACK".into(),
+                    layout.owner_skip_min as i64,
+                ));
             }
             let tss = if layout.minor <= 11 { "gilstate.autoTSSkey._key" } else { "autoTSSkey._key" };
             exprs.push(("tss_key", format!("&((_PyRuntimeState*)0)->{tss}"), layout.tss_key as i64));
             if let TstateSource::RuntimeField(off) = layout.tstate {
-                exprs.push(("tstate_current", "&((_PyRuntimeState*)0)->gilstate.tstate_current".into(), off as i64));
+                exprs.push((
+                    "tstate_current",
+                    "&((_PyRuntimeState*)0)->gilstate.tstate_current".into(),
+                    off as i64,
+                ));
             }
             let mut cmd = std::process::Command::new("gdb");
             cmd.args(["-batch", "-nx", &lib]);

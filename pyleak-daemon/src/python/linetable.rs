@@ -214,11 +214,7 @@ impl Iterator for LocationEntries<'_> {
             _ => 0,
         };
         self.pos = start.saturating_add(1).saturating_add(payload_len);
-        Some(Ok(LocationEntry {
-            kind,
-            code_units: (head & 0x07) + 1,
-            line_delta,
-        }))
+        Some(Ok(LocationEntry { kind, code_units: (head & 0x07) + 1, line_delta }))
     }
 }
 
@@ -255,11 +251,7 @@ fn locations_line(table: &[u8], first_line: u32, byte_offset: u32) -> Option<u32
         line = line.checked_add(entry.line_delta)?;
         end += u64::from(entry.code_units) * 2;
         if offset < end {
-            return if entry.has_line() {
-                to_line(line)
-            } else {
-                None
-            };
+            return if entry.has_line() { to_line(line) } else { None };
         }
     }
     None
@@ -277,9 +269,7 @@ mod tests {
         first: u32,
         range: std::ops::Range<u32>,
     ) -> Vec<Option<u32>> {
-        range
-            .map(|off| line_for_offset(format, table, first, off))
-            .collect()
+        range.map(|off| line_for_offset(format, table, first, off)).collect()
     }
 
     /// `n` copies of `line`.
@@ -299,12 +289,7 @@ mod tests {
         let table = [6, 1, 8, 2, 4, 0xff];
         assert_eq!(
             lines(Lnotab, &table, 10, 0..24),
-            concat(&[
-                rep(Some(10), 6),
-                rep(Some(11), 8),
-                rep(Some(13), 4),
-                rep(Some(12), 6)
-            ])
+            concat(&[rep(Some(10), 6), rep(Some(11), 8), rep(Some(13), 4), rep(Some(12), 6)])
         );
     }
 
@@ -358,13 +343,7 @@ mod tests {
         let table = [6, 0, 4, 1, 2, 0x80, 8, 0xfe];
         assert_eq!(
             lines(Linetable310, &table, 5, 0..24),
-            concat(&[
-                rep(Some(5), 6),
-                rep(Some(6), 4),
-                rep(None, 2),
-                rep(Some(4), 8),
-                rep(None, 4)
-            ])
+            concat(&[rep(Some(5), 6), rep(Some(6), 4), rep(None, 2), rep(Some(4), 8), rep(None, 4)])
         );
         assert_eq!(line_for_offset(Linetable310, &table, 5, u32::MAX), None);
     }
@@ -425,11 +404,7 @@ mod tests {
     }
 
     fn svarint(v: i64) -> Vec<u8> {
-        if v < 0 {
-            varint((v.unsigned_abs() << 1) | 1)
-        } else {
-            varint((v as u64) << 1)
-        }
+        if v < 0 { varint((v.unsigned_abs() << 1) | 1) } else { varint((v as u64) << 1) }
     }
 
     fn short(units: u8, col: u8, end_col: u8) -> Vec<u8> {
@@ -474,18 +449,9 @@ mod tests {
         assert_eq!(read_svarint(&[0x00]), Some(0));
         assert_eq!(read_svarint(&[0x01]), Some(0));
         // Six chunks is the most we accept; u32::MAX needs exactly six.
-        assert_eq!(
-            read_varint(&varint(u64::from(u32::MAX))),
-            Some(u64::from(u32::MAX))
-        );
-        assert_eq!(
-            read_varint(&[0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x3f]),
-            Some((1 << 36) - 1)
-        );
-        assert_eq!(
-            read_varint(&[0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x01]),
-            None
-        );
+        assert_eq!(read_varint(&varint(u64::from(u32::MAX))), Some(u64::from(u32::MAX)));
+        assert_eq!(read_varint(&[0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x3f]), Some((1 << 36) - 1));
+        assert_eq!(read_varint(&[0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x01]), None);
         // Truncated.
         assert_eq!(read_varint(&[]), None);
         assert_eq!(read_varint(&[0x48]), None);
@@ -550,29 +516,16 @@ mod tests {
         // 0xe9 = 1 1101 001: no-column form, 2 units; svarint 0x4d 0x02 = -70.
         // 0xfb = 1 1111 011: no location, 4 units.
         // 0x80 = 1 0000 000: short form, 1 unit; column byte 0x12.
-        let table = [
-            0xf0, 0x50, 0x5c, 0x02, 0x00, 0x01, 0x48, 0x03, 0xe9, 0x4d, 0x02, 0xfb, 0x80, 0x12,
-        ];
+        let table = [0xf0, 0x50, 0x5c, 0x02, 0x00, 0x01, 0x48, 0x03, 0xe9, 0x4d, 0x02, 0xfb, 0x80, 0x12];
         assert_eq!(
             lines(Locations, &table, 1, 0..18),
-            concat(&[
-                rep(Some(5001), 2),
-                rep(Some(4931), 4),
-                rep(None, 8),
-                rep(Some(4931), 2),
-                rep(None, 2)
-            ])
+            concat(&[rep(Some(5001), 2), rep(Some(4931), 4), rep(None, 8), rep(Some(4931), 2), rep(None, 2)])
         );
     }
 
     #[test]
     fn locations_large_first_line() {
-        let table = [
-            no_columns(1, 0),
-            long(2, 4096, 0, 0, 0),
-            one_line(1, 2, 0, 1),
-        ]
-        .concat();
+        let table = [no_columns(1, 0), long(2, 4096, 0, 0, 0), one_line(1, 2, 0, 1)].concat();
         assert_eq!(line_for_offset(Locations, &table, 70_000, 0), Some(70_000));
         assert_eq!(line_for_offset(Locations, &table, 70_000, 2), Some(74_096));
         assert_eq!(line_for_offset(Locations, &table, 70_000, 6), Some(74_098));
@@ -597,34 +550,16 @@ mod tests {
         assert_eq!(line_for_offset(Locations, &table, 1, 0), None);
         assert_eq!(line_for_offset(Locations, &table, 1, 2), None);
         // A broken entry poisons everything after it, not what came before.
-        let table = [
-            no_columns(1, 2),
-            vec![header(KIND_NO_COLUMNS, 1)],
-            short(1, 0, 1),
-        ]
-        .concat();
+        let table = [no_columns(1, 2), vec![header(KIND_NO_COLUMNS, 1)], short(1, 0, 1)].concat();
         assert_eq!(line_for_offset(Locations, &table, 1, 0), Some(3));
         assert_eq!(line_for_offset(Locations, &table, 1, 2), None);
         assert_eq!(line_for_offset(Locations, &table, 1, 4), None);
         // Over-long varint.
-        let table = [
-            header(KIND_LONG, 1),
-            0x7f,
-            0x7f,
-            0x7f,
-            0x7f,
-            0x7f,
-            0x7f,
-            0x7f,
-            0x01,
-        ];
+        let table = [header(KIND_LONG, 1), 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x01];
         assert_eq!(line_for_offset(Locations, &table, 1, 0), None);
         // Line below zero, and above u32::MAX.
         assert_eq!(line_for_offset(Locations, &no_columns(1, -2), 1, 0), None);
-        assert_eq!(
-            line_for_offset(Locations, &one_line(1, 1, 0, 0), u32::MAX, 0),
-            None
-        );
+        assert_eq!(line_for_offset(Locations, &one_line(1, 1, 0, 0), u32::MAX, 0), None);
         // Short-form column bytes are not needed for the line, as in CPython.
         assert_eq!(line_for_offset(Locations, &[header(3, 2)], 8, 3), Some(8));
     }
@@ -657,8 +592,7 @@ mod tests {
 
     /// The pyenv builds this test expects (`/root/.pyenv/versions/<v>/bin/python3.<minor>`).
     /// Other 3.8–3.14 builds found there (a 3.14, a free-threaded `t` build) are tested too.
-    const EXPECTED_PYTHONS: &[&str] =
-        &["3.8.18", "3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0"];
+    const EXPECTED_PYTHONS: &[&str] = &["3.8.18", "3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0"];
     const PYENV_VERSIONS: &str = "/root/.pyenv/versions";
 
     /// Compiles a generated module (never runs it) and prints one JSON line with the version,
@@ -864,10 +798,8 @@ for co in walk(module):
         let mut found = Vec::new();
         for v in versions {
             let Some(minor) = minor_of(&v) else { continue };
-            let bin = std::path::Path::new(PYENV_VERSIONS)
-                .join(&v)
-                .join("bin")
-                .join(format!("python3.{minor}"));
+            let bin =
+                std::path::Path::new(PYENV_VERSIONS).join(&v).join("bin").join(format!("python3.{minor}"));
             if bin.is_file() {
                 found.push((v, bin));
             } else {
@@ -919,12 +851,7 @@ for co in walk(module):
     fn check_record(minor: u32, format: LineTableFormat, rec: &CodeRecord, cov: &mut Coverage) {
         let table = from_hex(&rec.table);
         let units = rec.code_len / 2;
-        let ctx = |off: u32| {
-            format!(
-                "3.{minor} {} (first line {}) at byte {off}",
-                rec.name, rec.first_line
-            )
-        };
+        let ctx = |off: u32| format!("3.{minor} {} (first line {}) at byte {off}", rec.name, rec.first_line);
         assert_eq!(rec.addr2line.len(), units as usize, "{}", ctx(0));
         note_coverage(format, &table, cov);
         cov.max_first_line = cov.max_first_line.max(rec.first_line);
@@ -943,11 +870,7 @@ for co in walk(module):
             );
             if let Some(starts) = &rec.starts {
                 let expected = starts.iter().rev().find(|s| s.0 <= off).map(|s| s.1);
-                assert!(
-                    expected.is_some(),
-                    "no line start at or before {}",
-                    ctx(off)
-                );
+                assert!(expected.is_some(), "no line start at or before {}", ctx(off));
                 assert_eq!(ours, expected, "dis.findlinestarts, {}", ctx(off));
             }
             if let Some(ranges) = &rec.co_lines {
@@ -987,8 +910,7 @@ for co in walk(module):
         );
         let stdout = String::from_utf8(out.stdout).expect("utf-8 from python");
         let mut lines = stdout.lines();
-        let header: Header =
-            serde_json::from_str(lines.next().expect("version line")).expect("version json");
+        let header: Header = serde_json::from_str(lines.next().expect("version line")).expect("version json");
         let (major, minor) = header.version;
         assert_eq!(major, 3, "{version}");
         let format = match minor {
@@ -1008,16 +930,9 @@ for co in walk(module):
 
         // The generated source must keep exercising what it is there for.
         assert!(records >= 15, "{version}: only {records} code objects");
-        assert!(
-            cov.offsets >= 3000,
-            "{version}: only {} offsets",
-            cov.offsets
-        );
+        assert!(cov.offsets >= 3000, "{version}: only {} offsets", cov.offsets);
         assert!(cov.max_first_line > 70_000, "{version}: {cov:?}");
-        assert!(
-            cov.negative_delta,
-            "{version}: no negative line delta: {cov:?}"
-        );
+        assert!(cov.negative_delta, "{version}: no negative line delta: {cov:?}");
         match format {
             Lnotab => assert!(cov.split_pairs, "{version}: {cov:?}"),
             Linetable310 => {
@@ -1025,10 +940,7 @@ for co in walk(module):
                 assert!(cov.no_line > 0, "{version}: no 'no line' entry: {cov:?}");
             }
             Locations => {
-                assert!(
-                    cov.kinds.iter().all(|&k| k),
-                    "{version}: not every kind: {cov:?}"
-                );
+                assert!(cov.kinds.iter().all(|&k| k), "{version}: not every kind: {cov:?}");
                 assert!(cov.max_abs_delta > 4095, "{version}: {cov:?}");
                 assert!(cov.no_line > 0, "{version}: {cov:?}");
             }

@@ -146,10 +146,8 @@ impl Symbolizer {
             1 | 2 | 4 => kind as usize,
             _ => return None,
         };
-        let data = self
-            .mem
-            .read_vec(obj + self.layout.unicode_compact_data, (chars * width).min(MAX_READ))
-            .ok()?;
+        let data =
+            self.mem.read_vec(obj + self.layout.unicode_compact_data, (chars * width).min(MAX_READ)).ok()?;
         Some(
             data.chunks_exact(width)
                 .map(|c| {
