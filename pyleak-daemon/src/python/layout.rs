@@ -122,28 +122,13 @@ pub const LAYOUT_3_10: Layout = Layout {
 /// `_PyRuntime` instead of this table, as 3.14 needs.
 pub const LAYOUT_3_13: Layout = Layout {
     minor: 13,
-    tstate: TstateSource::ThreadLocal,
     tss_key: 2160 + 4,
     tstate_thread_id: 152,
     tstate_frame: 72,
     cframe_current_frame: ABSENT,
-    frame_back: 8,
-    frame_code: 0,
-    frame_instr: 56,
-    instr_kind: INSTR_PTR,
-    instr_unit: InstrUnit::PointerFromCode,
-    frame_owner: 70,
-    owner_skip_min: 3,
-    co_filename: 112,
-    co_name: 120,
-    co_qualname: Some(128),
-    co_linetable: 136,
-    co_firstlineno: 68,
     co_code_adaptive: 200,
-    linetable_format: LineTableFormat::Locations,
-    unicode_ascii_data: 40,
-    unicode_compact_data: 56,
     skip_none_code: true,
+    ..LAYOUT_3_12
 };
 
 /// CPython 3.11 (verified on 3.11.7). Frames are `_PyInterpreterFrame`s reached through
