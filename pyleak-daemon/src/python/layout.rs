@@ -3,9 +3,9 @@
 //! Everything pyleak needs to know about one minor version lives in one `Layout` value:
 //! the offsets the kernel walker uses (turned into a `PyTarget` per process) and the code
 //! object / string offsets the symbolizer uses. Adding a version is adding a `Layout`, not
-//! code. Values were read from the pyenv builds' DWARF with gdb `offsetof` (see
-//! docs/CPYTHON.md); the `layouts_match_dwarf` test re-checks them against every installed
-//! interpreter's debug info.
+//! code. Values were read from the pyenv builds' DWARF with gdb (`print &((T*)0)->field`);
+//! the `layouts_match_dwarf` test re-checks every one against each installed interpreter's
+//! debug info, so a wrong value fails the build's tests rather than a user's trace.
 use pyleak_common::{ABSENT, INSTR_I32, INSTR_PTR};
 
 use super::linetable::LineTableFormat;
