@@ -69,7 +69,7 @@ pub fn exit(ret: u64) {
     };
     let _ = INFLIGHT.remove(&pid_tgid);
 
-    if call.kind == CALL_REALLOC {
+    let addr = if call.kind == CALL_REALLOC {
         if ret == 0 && call.size != 0 {
             // Failed: the old block is untouched and still owned by the caller.
             count(Counter::FailedAllocs);
@@ -81,30 +81,27 @@ pub fn exit(ret: u64) {
             forget_block(tgid, call.old_ptr);
         }
         if ret == 0 {
-            return;
+            return; // realloc(p, 0) freed p; nothing new
         }
+        ret
     } else if call.kind == CALL_POSIX_MEMALIGN {
         // Returns an error number; the block was stored through memptr.
         // C: if (ret == 0) addr = *memptr;
-        let addr = if ret as u32 == 0 {
+        if ret as u32 == 0 {
             // SAFETY: bpf_probe_read_user checks the address.
             unsafe { aya_ebpf::helpers::bpf_probe_read_user(call.old_ptr as *const u64) }.unwrap_or(0)
         } else {
             0
-        };
-        if addr == 0 {
-            count(Counter::FailedAllocs);
-            return;
         }
-        count(Counter::Allocs);
-        record(tgid, addr, call.size);
-        return;
-    } else if ret == 0 {
+    } else {
+        ret
+    };
+    if addr == 0 {
         count(Counter::FailedAllocs);
         return;
     }
     count(Counter::Allocs);
-    record(tgid, ret, call.size);
+    record(tgid, addr, call.size);
 }
 
 /// Records a new block: walks the stack, interns it, adds the block to LIVE_ALLOCS and its

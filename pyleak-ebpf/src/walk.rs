@@ -55,11 +55,18 @@ fn current_tstate(t: &PyTarget) -> Result<u64, ()> {
     }
     let fs = fsbase()?;
     let slot = fs.wrapping_add(t.pthread_specific as i64 as u64) + 16 * key as u64 + 8;
-    let tstate: u64 = read(slot)?;
+    // Only trust it if it names this thread (a wrong libc offset must not misattribute).
+    owned_by(t, read(slot)?, fs)
+}
+
+/// `tstate` if it belongs to the thread whose fs base is `fs` (`tstate->thread_id ==
+/// pthread_self()`, which is the fs base with glibc), else 0. Without a `thread_id` offset
+/// it is taken as is.
+#[inline(always)]
+fn owned_by(t: &PyTarget, tstate: u64, fs: u64) -> Result<u64, ()> {
     if tstate == 0 || t.tstate_thread_id == ABSENT {
         return Ok(tstate);
     }
-    // Only trust it if it names this thread (a wrong libc offset must not misattribute).
     let owner: u64 = read(at(tstate, t.tstate_thread_id))?;
     Ok(if owner == fs { tstate } else { 0 })
 }
@@ -72,11 +79,10 @@ fn running_tstate(t: &PyTarget) -> Result<u64, ()> {
             // C: _PyRuntime.gilstate.tstate_current (the GIL holder). Allocations without the
             // GIL (PyMem_RawMalloc) are legal, so check that the holder is this thread.
             let tstate: u64 = read(t.tstate_addr)?;
-            if tstate == 0 || t.tstate_thread_id == ABSENT {
-                return Ok(tstate);
+            if tstate == 0 {
+                return Ok(0);
             }
-            let owner: u64 = read(at(tstate, t.tstate_thread_id))?;
-            Ok(if owner == fsbase()? { tstate } else { 0 })
+            owned_by(t, tstate, fsbase()?)
         }
         TSTATE_TLS_DYNAMIC => {
             // C: ((void **)((dtv_t *)fsbase->dtv)[modid].pointer.val)[tls_offset], i.e. what
