@@ -127,6 +127,10 @@ pub struct StackTrace {
     /// `STACK_*` flags.
     pub flags: u32,
     pub _pad: u32,
+    /// For a direct C-library allocation (ctypes, a C extension calling malloc): the
+    /// return address into the native code that called it, the report's extra leaf frame;
+    /// 0 for allocations through the Python allocators. Part of the stack id.
+    pub native_caller: u64,
     /// Address of each frame's code object (`PyCodeObject *`) in the target.
     pub code: [u64; MAX_FRAMES],
     /// Each frame's position in its bytecode, as [`PyTarget::instr_kind`] says: the raw
@@ -169,6 +173,10 @@ pub struct Inflight {
     pub depth: u32,
     /// `CALL_*` of the outermost call.
     pub kind: u32,
+    /// 1 when the outermost call entered the C library directly (not from inside a probed
+    /// Python allocator): its return address names the native code that asked for memory.
+    pub native: u32,
+    pub _pad: u32,
 }
 
 /// `PyTarget::tstate_kind`: no running-thread-state source is known (a stripped 3.12+ build
@@ -250,6 +258,11 @@ pub struct PyTarget {
     /// `Py_FinalizeEx` also stops the calling thread with SIGSTOP, so the user side can name
     /// the last stacks while every function's code object is still alive.
     pub stop_at_finalize: u32,
+    /// The C library's executable mapping `[native_lo, native_hi)` in the target: an
+    /// outermost allocating call whose probe fires there is a native allocation, and its
+    /// caller is recorded (see [`StackTrace::native_caller`]). Both 0: none recorded.
+    pub native_lo: u64,
+    pub native_hi: u64,
 }
 
 /// Indices into [`MAP_COUNTERS`]. Every failure the kernel side can meet is counted; the

@@ -5,13 +5,15 @@ use std::{collections::HashMap, time::Duration};
 
 use pyleak_common::{Counter, STACK_NO_PYTHON, STACK_READ_ERROR, STACK_TRUNCATED, StackCounters};
 
-use crate::model::{Frame, PythonInfo, Report, StackStats, Totals};
+use crate::model::{Frame, NativeFrame, PythonInfo, Report, StackStats, Totals};
 
 /// A stack id's frames, symbolized.
 #[derive(Clone, Debug)]
 pub struct ResolvedStack {
     pub frames: Vec<Frame>,
     pub flags: u32,
+    /// The native caller of a direct C-library allocation.
+    pub native: Option<NativeFrame>,
 }
 
 pub struct Inputs<'a> {
@@ -46,6 +48,7 @@ pub fn build(inp: Inputs<'_>) -> Report {
                 allocated_bytes: c.allocated_bytes,
                 frames,
                 truncated,
+                native_caller: inp.resolved.get(id).and_then(|r| r.native.clone()),
             },
         );
     }
@@ -145,8 +148,8 @@ mod tests {
     #[test]
     fn outstanding_is_allocated_minus_freed_and_sorted() {
         let mut resolved = HashMap::new();
-        resolved.insert(1, ResolvedStack { frames: vec![frame("leak", 3)], flags: 0 });
-        resolved.insert(2, ResolvedStack { frames: vec![frame("churn", 9)], flags: STACK_TRUNCATED });
+        resolved.insert(1, ResolvedStack { frames: vec![frame("leak", 3)], flags: 0, native: None });
+        resolved.insert(2, ResolvedStack { frames: vec![frame("churn", 9)], flags: STACK_TRUNCATED, native: None });
         let churn = StackCounters { allocated_bytes: 5000, allocations: 50, freed_bytes: 4900, frees: 49 };
         let r = build(Inputs {
             pid: 7,

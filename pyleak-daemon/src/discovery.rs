@@ -150,6 +150,8 @@ pub struct Library {
     pub path: String,
     pub host_path: PathBuf,
     pub image: ElfImage,
+    /// Its executable mapping in the target, `[start, end)`.
+    pub text: (u64, u64),
 }
 
 /// The C library the target uses (glibc's `libc.so.6`), if it maps one.
@@ -160,7 +162,11 @@ pub fn find_libc(pid: u32) -> anyhow::Result<Option<Library>> {
     };
     let host_path = host_path(pid, &m.path);
     let image = ElfImage::open(&host_path).with_context(|| format!("opening the C library of pid {pid}"))?;
-    Ok(Some(Library { path: m.path.clone(), host_path, image }))
+    let text = maps
+        .iter()
+        .find(|t| t.path == m.path && t.perms.contains('x'))
+        .map_or((0, 0), |t| (t.start, t.end));
+    Ok(Some(Library { path: m.path.clone(), host_path, image, text }))
 }
 
 /// `libc.so.6`, `libc-2.31.so`, `libc.musl-x86_64.so.1`.

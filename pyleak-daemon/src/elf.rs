@@ -29,6 +29,8 @@ pub struct ElfImage {
     data: Vec<u8>,
     segments: Vec<Segment>,
     symbols: std::collections::HashMap<String, Symbol>,
+    /// Function symbols sorted by address, for naming a code address.
+    functions: Vec<(u64, u64, String)>,
     tls_symbols: std::collections::HashMap<String, Symbol>,
     /// GOT slots filled with a TLS module id (`R_X86_64_DTPMOD64`) for this module.
     pub dtpmod_slots: Vec<u64>,
@@ -64,12 +66,16 @@ impl ElfImage {
         }
         let mut symbols = std::collections::HashMap::new();
         let mut tls_symbols = std::collections::HashMap::new();
+        let mut functions = Vec::new();
         let mut add = |sym: object::read::elf::ElfSymbol64<'_, '_, object::Endianness>| {
             let Ok(name) = sym.name() else { return };
             if name.is_empty() {
                 return;
             }
             let entry = Symbol { vaddr: sym.address(), size: sym.size() };
+            if sym.kind() == object::SymbolKind::Text && sym.is_definition() {
+                functions.push((entry.vaddr, entry.size, name.to_string()));
+            }
             if sym.kind() == object::SymbolKind::Tls {
                 tls_symbols.entry(name.to_string()).or_insert(entry);
             } else if sym.is_definition() {
@@ -95,7 +101,23 @@ impl ElfImage {
         }
         let needed = dynamic_needed(&file).unwrap_or_default();
         drop(file);
-        Ok(ElfImage { data, segments, symbols, tls_symbols, dtpmod_slots, tls_segment, needed })
+        // Aliases share an address: keep the public spelling (`malloc`, not `__libc_malloc`).
+        functions.sort_by(|a, b| (a.0, a.2.starts_with('_'), &a.2).cmp(&(b.0, b.2.starts_with('_'), &b.2)));
+        functions.dedup_by_key(|f| f.0);
+        Ok(ElfImage { data, segments, symbols, functions, tls_symbols, dtpmod_slots, tls_segment, needed })
+    }
+
+    /// The function containing link-time address `vaddr`, and the offset into it. A symbol
+    /// without a size (some assembly) contains everything up to the next symbol.
+    pub fn function_at(&self, vaddr: u64) -> Option<(&str, u64)> {
+        let i = self.functions.partition_point(|f| f.0 <= vaddr).checked_sub(1)?;
+        let (start, size, name) = &self.functions[i];
+        let inside = if *size > 0 {
+            vaddr < start + size
+        } else {
+            self.functions.get(i + 1).is_none_or(|next| vaddr < next.0)
+        };
+        inside.then(|| (name.as_str(), vaddr - start))
     }
 
     pub fn symbol(&self, name: &str) -> Option<Symbol> {
@@ -171,6 +193,14 @@ mod tests {
         let img = ElfImage::open(&exe).unwrap();
         assert!(!img.segments.is_empty());
         assert!(img.needed.iter().any(|n| n.starts_with("libc.so")), "{:?}", img.needed);
+    }
+
+    #[test]
+    fn names_an_address_inside_a_function() {
+        let libc = crate::discovery::find_libc(std::process::id()).unwrap().expect("a libc");
+        let malloc = libc.image.symbol("malloc").unwrap();
+        assert_eq!(libc.image.function_at(malloc.vaddr + 5), Some(("malloc", 5)));
+        assert_eq!(libc.image.function_at(0), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - `btf`: kernel struct offsets the programs need;
 //! - `doctor`: what the host and a target support, and why not;
 //! - `session`: one traced process from attach to report; `launch`: starting one for `run`;
+//! - `native`: naming the C function behind a direct C-library allocation;
 //! - `aggregate`, `model`, `report`: from kernel counters to reports.
 mod aggregate;
 mod btf;
@@ -18,6 +19,7 @@ mod doctor;
 mod elf;
 mod launch;
 mod model;
+mod native;
 mod probes;
 mod procmem;
 mod python;

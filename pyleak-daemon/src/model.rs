@@ -42,6 +42,33 @@ pub struct StackStats {
     /// The capture stopped at the depth limit; outer frames are missing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// For memory asked of the C library directly (ctypes, a C extension's malloc): the C
+    /// function that called the allocator, the leaf below `frames[0]`. Absent for memory
+    /// from the Python allocators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_caller: Option<NativeFrame>,
+}
+
+/// A native code location: the function containing a return address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NativeFrame {
+    /// The symbol containing the address, or the file offset in hex when none does.
+    pub function: String,
+    /// The mapped file, as the target names it.
+    pub library: String,
+    /// Bytes from the function's start to the return address (0 when unnamed).
+    pub offset: u64,
+}
+
+impl std::fmt::Display for NativeFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lib = self.library.rsplit('/').next().unwrap_or(&self.library);
+        if self.offset > 0 {
+            write!(f, "{}+{:#x} ({lib})", self.function, self.offset)
+        } else {
+            write!(f, "{} ({lib})", self.function)
+        }
+    }
 }
 
 /// What pyleak knows about the traced interpreter.

@@ -37,7 +37,7 @@ use std::io::{self, BufWriter, Write};
 use anyhow::{Context, Result, bail};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::model::{Frame, Report, StackStats};
+use crate::model::{Frame, NativeFrame, Report, StackStats};
 
 /// How stacks are merged, like the `key_type` of tracemalloc's `Snapshot.statistics()`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -189,7 +189,8 @@ impl FrameFilter {
 /// What stacks merge on, per [`GroupBy`].
 #[derive(PartialEq, Eq, Hash)]
 enum GroupKey {
-    Traceback(Vec<Frame>),
+    /// Whole stacks: the Python frames and, for native allocations, the C caller.
+    Traceback(Vec<Frame>, Option<NativeFrame>),
     Line(String, u32),
     Function(String, String),
     File(String),
@@ -226,7 +227,7 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
         };
         let top = &frames[0];
         let key = match opts.group_by {
-            GroupBy::Traceback => GroupKey::Traceback(frames.clone()),
+            GroupBy::Traceback => GroupKey::Traceback(frames.clone(), stack.native_caller.clone()),
             GroupBy::Line => GroupKey::Line(top.file.clone(), top.line),
             GroupBy::Function => GroupKey::Function(top.file.clone(), top.qualname.clone()),
             GroupBy::File => GroupKey::File(top.file.clone()),
@@ -269,6 +270,11 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
                         allocated_bytes: stack.allocated_bytes,
                         frames: shown_frames,
                         truncated: stack.truncated,
+                        // Only whole stacks keep the C caller; other groupings mix callers.
+                        native_caller: match opts.group_by {
+                            GroupBy::Traceback => stack.native_caller.clone(),
+                            _ => None,
+                        },
                     },
                     shown: weight,
                 });
@@ -401,6 +407,9 @@ fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::
             human_bytes(stack.allocated_bytes),
         )?;
         if group_by == GroupBy::Traceback {
+            if let Some(native) = &stack.native_caller {
+                writeln!(out, "    [native] {native}")?;
+            }
             for frame in &stack.frames {
                 writeln!(out, "    {}:{} in {}", frame.file, frame.line, name(frame))?;
             }
@@ -470,6 +479,7 @@ mod tests {
             allocated_bytes: allocated,
             frames,
             truncated: false,
+            native_caller: None,
         }
     }
 

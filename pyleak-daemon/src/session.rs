@@ -19,6 +19,7 @@ use crate::{
     discovery::{self, Interpreter, TargetError},
     elf::ElfImage,
     model::{PythonInfo, Report},
+    native::NativeNamer,
     probes::{self, AllocFn, LoadOptions, ProbeSite, Probes, Tables},
     procmem::ProcMem,
     python::{layout, symbolize::Symbolizer, target},
@@ -93,6 +94,7 @@ struct Resolver {
     ring: RingBuf<MapData>,
     tables: Arc<Tables>,
     symbolizer: Symbolizer,
+    native: NativeNamer,
     resolved: HashMap<u64, ResolvedStack>,
     last_scan: Instant,
 }
@@ -118,6 +120,9 @@ impl Session {
         if sites.is_empty() {
             anyhow::bail!("{} exports none of CPython's allocator functions; nothing to probe", interp.path);
         }
+        if let Some(lib) = &libc {
+            (py_target.native_lo, py_target.native_hi) = lib.text;
+        }
         let (mut probes, tables, ring) = Probes::load(opts)?;
         tracing::debug!(pid, "kernel programs loaded");
         probes.add_target(pid, &py_target)?;
@@ -137,6 +142,7 @@ impl Session {
             ring,
             tables: tables.clone(),
             symbolizer: Symbolizer::new(ProcMem::new(pid), layout, code_type),
+            native: NativeNamer::new(pid),
             resolved: HashMap::new(),
             last_scan: Instant::now(),
         }));
@@ -294,7 +300,8 @@ impl Resolver {
             let n = (st.len as usize).min(st.code.len());
             let frames =
                 (0..n).map(|i| self.symbolizer.frame(st.code[i], st.instr[i], st.first_line[i])).collect();
-            self.resolved.insert(id, ResolvedStack { frames, flags: st.flags });
+            let native = (st.native_caller != 0).then(|| self.native.name(st.native_caller));
+            self.resolved.insert(id, ResolvedStack { frames, flags: st.flags, native });
         }
     }
 }

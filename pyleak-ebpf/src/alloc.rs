@@ -19,11 +19,12 @@ use crate::{
 /// Entry of an allocating call. Nested allocator calls (PyObject_Malloc -> PyMem_RawMalloc ->
 /// malloc) only deepen the outermost record, so each block is counted once.
 #[inline(always)]
-pub fn enter(size: u64, old_ptr: u64, kind: u32) {
+/// `ip` is the probed instruction: inside the C library, the call is a native allocation.
+pub fn enter(size: u64, old_ptr: u64, kind: u32, ip: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: read-only lookup of a plain-data value.
-    match unsafe { TARGETS.get(&tgid) } {
+    let native = match unsafe { TARGETS.get(&tgid) } {
         None => {
             count(Counter::NoTarget);
             return;
@@ -32,22 +33,23 @@ pub fn enter(size: u64, old_ptr: u64, kind: u32) {
             count(Counter::AfterFinalize);
             return;
         }
-        Some(_) => {}
-    }
+        Some(t) => (ip >= t.native_lo && ip < t.native_hi) as u32,
+    };
     if let Some(call) = INFLIGHT.get_ptr_mut(&pid_tgid) {
         // SAFETY: per-thread entry; only this thread touches it.
         unsafe { (*call).depth += 1 };
         return;
     }
-    let call = Inflight { size, old_ptr, depth: 1, kind };
+    let call = Inflight { size, old_ptr, depth: 1, kind, native, _pad: 0 };
     if INFLIGHT.insert(&pid_tgid, &call, BPF_ANY as u64).is_err() {
         count(Counter::LostInflightFull);
     }
 }
 
-/// Return of an allocating call (any kind): `ret` is the returned pointer.
+/// Return of an allocating call (any kind): `ret` is the returned pointer, `ret_addr` the
+/// caller's return address.
 #[inline(always)]
-pub fn exit(ret: u64) {
+pub fn exit(ret: u64, ret_addr: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(call) = INFLIGHT.get_ptr_mut(&pid_tgid) else {
@@ -101,13 +103,14 @@ pub fn exit(ret: u64) {
         return;
     }
     count(Counter::Allocs);
-    record(tgid, addr, call.size);
+    let native_caller = if call.native != 0 { ret_addr } else { 0 };
+    record(tgid, addr, call.size, native_caller);
 }
 
 /// Records a new block: walks the stack, interns it, adds the block to LIVE_ALLOCS and its
 /// bytes to the stack's counters. A full map loses the block, counted, never half-recorded.
 #[inline(always)]
-fn record(tgid: u32, addr: u64, size: u64) {
+fn record(tgid: u32, addr: u64, size: u64, native_caller: u64) {
     // SAFETY: read-only lookup of a plain-data value.
     let Some(target) = (unsafe { TARGETS.get(&tgid) }) else {
         count(Counter::NoTarget);
@@ -118,7 +121,7 @@ fn record(tgid: u32, addr: u64, size: u64) {
     };
     // SAFETY: per-CPU scratch, not shared while this program runs.
     let st = unsafe { &mut *scratch };
-    let stack_id = walk(tgid, target, st);
+    let stack_id = walk(tgid, target, native_caller, st);
 
     if STACKS.get_ptr(&stack_id).is_none() {
         match STACKS.insert(&stack_id, st, BPF_NOEXIST as u64) {
@@ -176,6 +179,6 @@ pub fn finalize() {
 
 /// Pass-through used by the call kinds that take no old pointer.
 #[inline(always)]
-pub fn enter_malloc(size: u64) {
-    enter(size, 0, CALL_MALLOC);
+pub fn enter_malloc(size: u64, ip: u64) {
+    enter(size, 0, CALL_MALLOC, ip);
 }

@@ -13,6 +13,8 @@ mod stats;
 mod walk;
 
 use aya_ebpf::{
+    EbpfContext,
+    bindings::pt_regs,
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
@@ -21,8 +23,17 @@ use pyleak_common::CALL_MALLOC;
 /// `void *malloc(size_t)`, `PyObject_Malloc`, `PyMem_Malloc`, `PyMem_RawMalloc`.
 #[uprobe(multi)]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter_malloc(ctx.arg::<u64>(0).unwrap_or(0));
+    alloc::enter_malloc(ctx.arg::<u64>(0).unwrap_or(0), ip(&ctx));
     0
+}
+
+/// The probed instruction's address (entry) or the caller's return address (return probe:
+/// the kernel restores the real return address before running the program).
+#[inline(always)]
+fn ip<C: EbpfContext>(ctx: &C) -> u64 {
+    let regs = ctx.as_ptr() as *const pt_regs;
+    // SAFETY: a uprobe's context is the trapped thread's pt_regs.
+    unsafe { (*regs).rip }
 }
 
 /// `void *calloc(size_t nelem, size_t elsize)` and the Py* variants.
@@ -32,7 +43,7 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     let elsize = ctx.arg::<u64>(1).unwrap_or(0);
     // An overflowing request fails in the allocator; saturate so it is never recorded small.
     let size = saturating_mul(nelem, elsize);
-    alloc::enter(size, 0, CALL_MALLOC);
+    alloc::enter(size, 0, CALL_MALLOC, ip(&ctx));
     0
 }
 
@@ -58,7 +69,7 @@ fn saturating_mul(a: u64, b: u64) -> u64 {
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
     let ptr = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    alloc::enter(size, ptr, pyleak_common::CALL_REALLOC);
+    alloc::enter(size, ptr, pyleak_common::CALL_REALLOC, ip(&ctx));
     0
 }
 
@@ -67,21 +78,21 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     let memptr = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    alloc::enter(size, memptr, pyleak_common::CALL_POSIX_MEMALIGN);
+    alloc::enter(size, memptr, pyleak_common::CALL_POSIX_MEMALIGN, ip(&ctx));
     0
 }
 
 /// `void *aligned_alloc(size_t align, size_t size)`, `memalign` (same arguments).
 #[uprobe(multi)]
 pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter_malloc(ctx.arg::<u64>(1).unwrap_or(0));
+    alloc::enter_malloc(ctx.arg::<u64>(1).unwrap_or(0), ip(&ctx));
     0
 }
 
 /// Return of any allocating function above.
 #[uretprobe(multi)]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
-    alloc::exit(ctx.ret::<u64>());
+    alloc::exit(ctx.ret::<u64>(), ip(&ctx));
     0
 }
 

@@ -109,15 +109,16 @@ fn mix(hash: u64, word: u64) -> u64 {
 }
 
 /// Fills `st` with the calling thread's Python frames, innermost first, and returns the
-/// stack id (a hash of the pid and the frames). Never fails: what could not be read is
-/// flagged in `st.flags` and counted.
+/// stack id (a hash of the pid, the native caller and the frames). Never fails: what could
+/// not be read is flagged in `st.flags` and counted.
 #[inline(always)]
-pub fn walk(tgid: u32, t: &PyTarget, st: &mut StackTrace) -> u64 {
+pub fn walk(tgid: u32, t: &PyTarget, native_caller: u64, st: &mut StackTrace) -> u64 {
     st.tgid = tgid;
     st.len = 0;
     st.flags = 0;
     st._pad = 0;
-    let hash = mix(0xcbf2_9ce4_8422_2325, tgid as u64);
+    st.native_caller = native_caller;
+    let hash = mix(mix(0xcbf2_9ce4_8422_2325, tgid as u64), native_caller);
 
     let tstate = match current_tstate(t) {
         Ok(0) => {

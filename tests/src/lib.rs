@@ -865,6 +865,16 @@ pub struct Stack {
     pub frames: Vec<Frame>,
     #[serde(default)]
     pub truncated: bool,
+    /// The C function that called the C library's allocator (native allocations only).
+    #[serde(default)]
+    pub native_caller: Option<NativeFrame>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct NativeFrame {
+    pub function: String,
+    pub library: String,
+    pub offset: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -175,7 +175,9 @@ fn trace_demo_service_shows_the_leak() {
 
 /// run_native_leak.py: blocks taken from libc malloc through ctypes (with the
 /// GIL released) are charged to the Python line that called malloc, with the
-/// expected bytes; the malloc/free churn of the same size is not outstanding.
+/// expected bytes; the malloc/free churn of the same size is not outstanding;
+/// and the native code that called malloc (libffi's call trampoline) is the
+/// stack's extra leaf frame.
 #[test]
 fn run_native_leak_is_charged_to_its_python_line() {
     for_each_python(|python| {
@@ -183,13 +185,21 @@ fn run_native_leak_is_charged_to_its_python_line() {
         let line = marker_line(&path, "NATIVE");
         let churn = marker_line(&path, "NATIVE-CHURN");
         let expected = script_const(&path, "NATIVE_COUNT") * script_const(&path, "NATIVE_SIZE");
-        let report = run_report(python, &path, &[], &["--group-by", "line"]);
+        let report = run_report(python, &path, &[], &[]);
         let bytes = report.bytes_at("run_native_leak.py", line);
         // ctypes' own small objects for each call come on top of the malloc'd blocks.
         assert_between(bytes, expected, expected + expected / 10, "bytes at the NATIVE line", &report);
         assert!(
             report.bytes_at("run_native_leak.py", churn) < expected / 100,
             "the malloc/free churn shows as outstanding\n{report}"
+        );
+        let top = report.expect_stack_at("run_native_leak.py", line);
+        let native = top.native_caller.as_ref().unwrap_or_else(|| {
+            panic!("the malloc'd blocks' stack has no native caller frame\n{report}")
+        });
+        assert!(
+            native.library.contains("libffi"),
+            "malloc's caller should be libffi's call trampoline, got {native:?}\n{report}"
         );
     });
 }
