@@ -295,3 +295,28 @@ fn run_stripped_libpython() {
         assert_eq!(top["line"].as_u64(), Some(leak as u64), "the top stack is not the leak\n{report:#}");
     });
 }
+
+/// subinterp_leak.py (3.12+): a leak in a subinterpreter and one in the main
+/// interpreter of the same process are each charged to their own line, with
+/// their own bytes: nothing is lost or mis-attributed across interpreters.
+#[test]
+fn subinterpreter_leaks_are_told_apart() {
+    for_each_python(|python| {
+        if python.minor_number() < 12 {
+            eprintln!("pyleak-e2e: {python}: no subinterpreter module before 3.12; case not run");
+            return;
+        }
+        let path = script("subinterp_leak.py");
+        let block = script_const(&path, "BLOCK");
+        let sub_line = script_const(&path, "SUB_LINE") as u32;
+        let main_line = marker_line(&path, "MAIN");
+        let report = run_report(python, &path, &[], &["--group-by", "line"]);
+        // Code run by the subinterpreter from a string is named `<string>`.
+        let (low, high) = leak_bounds(script_const(&path, "SUB_COUNT"), block);
+        let sub = report.bytes_at("<string>", sub_line);
+        assert_between(sub, low, high, "bytes at the subinterpreter's SUB line", &report);
+        let (low, high) = leak_bounds(script_const(&path, "MAIN_COUNT"), block);
+        let main = report.bytes_at("subinterp_leak.py", main_line);
+        assert_between(main, low, high, "bytes at the main interpreter's MAIN line", &report);
+    });
+}
