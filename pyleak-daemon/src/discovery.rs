@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::elf::ElfImage;
+use crate::{elf::ElfImage, python::debug_offsets};
 
 /// One line of `/proc/PID/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub enum TargetError {
     #[error("pid {pid} runs Python {version}, which pyleak does not support (supported: {supported})")]
     UnsupportedVersion { pid: u32, version: String, supported: String },
     #[error(
-        "cannot tell which Python version {path} is: no Py_Version symbol and no version in its file name"
+        "cannot tell which Python version {path} is: no Py_Version symbol, no _Py_DebugOffsets and no version in its file name"
     )]
     UnknownVersion { path: String },
     #[error(
@@ -162,10 +162,8 @@ pub fn find_libc(pid: u32) -> anyhow::Result<Option<Library>> {
     };
     let host_path = host_path(pid, &m.path);
     let image = ElfImage::open(&host_path).with_context(|| format!("opening the C library of pid {pid}"))?;
-    let text = maps
-        .iter()
-        .find(|t| t.path == m.path && t.perms.contains('x'))
-        .map_or((0, 0), |t| (t.start, t.end));
+    let text =
+        maps.iter().find(|t| t.path == m.path && t.perms.contains('x')).map_or((0, 0), |t| (t.start, t.end));
     Ok(Some(Library { path: m.path.clone(), host_path, image, text }))
 }
 
@@ -219,9 +217,13 @@ pub fn is_free_threaded(image: &ElfImage, path: &str) -> bool {
 
 /// `_Py_DebugOffsets`: cookie[8] = "xdebugpy", u64 version, u64 free_threaded, ...
 fn debug_offsets_free_threaded(runtime: &[u8]) -> bool {
-    runtime.len() >= 24
-        && &runtime[0..8] == b"xdebugpy"
-        && u64::from_le_bytes(runtime[16..24].try_into().expect("8 bytes")) != 0
+    debug_offsets::Header::parse(runtime).is_ok_and(|h| h.free_threaded)
+}
+
+/// The `_Py_DebugOffsets` header the file initializes `_PyRuntime` with (3.13+), if any.
+fn debug_offsets_header(image: &ElfImage) -> Option<debug_offsets::Header> {
+    let runtime = image.symbol("_PyRuntime")?;
+    debug_offsets::Header::parse(image.read_at(runtime.vaddr, 24)?).ok()
 }
 
 /// Load bias: where the file's first page is mapped, minus its link-time address.
@@ -232,7 +234,8 @@ fn load_bias(maps: &[Mapping], path: &str, image: &ElfImage) -> Option<u64> {
 }
 
 /// The version, from the most reliable source available: the `Py_Version` constant
-/// (3.11+), then the file name.
+/// (3.11+), then `_Py_DebugOffsets.version` at the start of `_PyRuntime` (3.13+; the same
+/// `PY_VERSION_HEX`, for a build that does not export `Py_Version`), then the file name.
 pub fn detect_version(image: &ElfImage, path: &str) -> Result<PyVersion, TargetError> {
     if let Some(sym) = image.symbol("Py_Version")
         && let Some(bytes) = image.read_at(sym.vaddr, 4)
@@ -243,6 +246,10 @@ pub fn detect_version(image: &ElfImage, path: &str) -> Result<PyVersion, TargetE
             minor: (hex >> 16) as u8,
             micro: Some((hex >> 8) as u8),
         });
+    }
+    if let Some(header) = debug_offsets_header(image) {
+        tracing::info!(path, "no Py_Version symbol; version from _Py_DebugOffsets");
+        return Ok(PyVersion { major: header.major(), minor: header.minor(), micro: Some(header.micro()) });
     }
     let mut version =
         version_from_name(path).ok_or_else(|| TargetError::UnknownVersion { path: path.to_string() })?;

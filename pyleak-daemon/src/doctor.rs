@@ -154,24 +154,18 @@ fn target_checks(pid: u32, out: &mut String) -> Vec<Check> {
             interp.bias
         ),
     });
-    let Some(layout) = layout::for_version(interp.version) else {
-        let untested = if interp.version.minor >= 14 {
-            " (3.14 layouts are known from headers but untested on a live interpreter; not enabled)"
-        } else {
-            ""
-        };
-        checks.push(Check {
-            name: "version",
-            ok: false,
-            detail: format!(
-                "{} is not supported (supported: {}){untested}",
-                interp.version,
-                layout::supported_list()
-            ),
-        });
-        return checks;
+    let layout = match layout::resolve(&interp, pid) {
+        Ok(resolved) => {
+            checks.push(Check { name: "layout", ok: true, detail: resolved.describe() });
+            resolved.layout
+        }
+        Err(e) => {
+            // An unsupported version's error lists the supported ones.
+            checks.push(Check { name: "layout", ok: false, detail: format!("{e:#}") });
+            return checks;
+        }
     };
-    checks.push(match target::build(&interp, layout) {
+    checks.push(match target::build(&interp, &layout) {
         Ok(t) => Check {
             name: "thread state",
             ok: true,

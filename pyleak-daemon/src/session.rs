@@ -16,7 +16,7 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     aggregate::{self, ResolvedStack},
-    discovery::{self, Interpreter, TargetError},
+    discovery::{self, Interpreter},
     elf::ElfImage,
     model::{PythonInfo, Report},
     native::NativeNamer,
@@ -104,12 +104,9 @@ impl Session {
     /// `hold_at_finalize` is for `run`'s ptraced child only (see `PyTarget::stop_at_finalize`).
     pub fn attach(pid: u32, opts: LoadOptions, hold_at_finalize: bool) -> Result<Session> {
         let interp = discovery::find_interpreter(pid)?;
-        let layout = layout::for_version(interp.version).ok_or_else(|| TargetError::UnsupportedVersion {
-            pid,
-            version: interp.version.to_string(),
-            supported: layout::supported_list(),
-        })?;
-        let mut py_target = target::build(&interp, layout)?;
+        let resolved = layout::resolve(&interp, pid)?;
+        let layout = resolved.layout;
+        let mut py_target = target::build(&interp, &layout)?;
         py_target.stop_at_finalize = hold_at_finalize as u32;
         let (sites, missing) = plan_sites(&interp.image, ALLOCATOR_FUNCTIONS);
         let libc = discovery::find_libc(pid)?;
@@ -151,7 +148,7 @@ impl Session {
         Ok(Session {
             pid,
             command: discovery::command_line(pid),
-            python: describe(&interp, &missing, libc.as_ref().map(|l| l.path.as_str())),
+            python: describe(&interp, &resolved, &missing, libc.as_ref().map(|l| l.path.as_str())),
             probes,
             tables,
             resolver,
@@ -231,7 +228,12 @@ pub fn plan_sites(
     (sites, missing)
 }
 
-fn describe(interp: &Interpreter, missing: &[&str], libc: Option<&str>) -> PythonInfo {
+fn describe(
+    interp: &Interpreter,
+    layout: &layout::Resolved,
+    missing: &[&str],
+    libc: Option<&str>,
+) -> PythonInfo {
     let mut notes = vec![
         match libc {
             Some(path) => format!(
@@ -244,6 +246,11 @@ fn describe(interp: &Interpreter, missing: &[&str], libc: Option<&str>) -> Pytho
     ];
     if !missing.is_empty() {
         notes.push(format!("not probed (absent from {}): {}", interp.path, missing.join(", ")));
+    }
+    // 3.13+: where the offsets came from (and, for a version never traced live, that it is
+    // untested). Table versions say nothing: that is the long-tested path.
+    if layout.origin != layout::Origin::Table {
+        notes.push(layout.describe());
     }
     let inlined = allocator_inlined(&interp.image);
     if inlined {

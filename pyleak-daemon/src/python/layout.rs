@@ -1,15 +1,26 @@
-//! Per-CPython-version struct layouts, as data.
+//! Per-CPython-version struct layouts, as data, and the one place that picks a process's.
 //!
 //! Everything pyleak needs to know about one minor version lives in one `Layout` value:
 //! the offsets the kernel walker uses (turned into a `PyTarget` per process) and the code
-//! object / string offsets the symbolizer uses. Adding a version is adding a `Layout`, not
-//! code. Values were read from the pyenv builds' DWARF with gdb (`print &((T*)0)->field`);
-//! the `layouts_match_dwarf` test re-checks every one against each installed interpreter's
-//! debug info, so a wrong value fails the build's tests rather than a user's trace.
+//! object / string offsets the symbolizer uses. Where the values come from depends on the
+//! version ([`resolve`]):
+//!
+//! - **3.8–3.12: tables** ([`TABLES`]). Values were read from the pyenv builds' DWARF with
+//!   gdb (`print &((T*)0)->field`); the `layouts_match_dwarf` test re-checks every one against
+//!   each installed interpreter's debug info, so a wrong value fails the build's tests rather
+//!   than a user's trace.
+//! - **3.13+: the interpreter's own `_Py_DebugOffsets`** (`super::debug_offsets`), read from
+//!   the process, plus a small per-version remainder for what that struct does not carry.
+//!   [`LAYOUT_3_13`] stays here as the documented, DWARF-checked oracle the debug-offsets path
+//!   must reproduce (a test compares them on a live 3.13 process); it is not used at run time.
+use anyhow::Result;
 use pyleak_common::{ABSENT, INSTR_I32, INSTR_PTR};
 
-use super::linetable::LineTableFormat;
-use crate::discovery::PyVersion;
+use super::{
+    debug_offsets::{self, Source},
+    linetable::LineTableFormat,
+};
+use crate::discovery::{Interpreter, PyVersion, TargetError};
 
 /// How the current thread state is found in a version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,11 +76,14 @@ pub struct Layout {
     /// Frames whose code pointer is `&_Py_NoneStruct` are not Python code (3.13 C-stack
     /// entries); the kernel side skips them.
     pub skip_none_code: bool,
+    /// Mask applied to a frame's code pointer: all ones, except where the pointer carries
+    /// tag bits (3.14's `_PyStackRef f_executable`).
+    pub code_mask: u64,
 }
 
-/// The versions this build of pyleak can trace.
-pub const SUPPORTED: &[Layout] =
-    &[LAYOUT_3_8, LAYOUT_3_9, LAYOUT_3_10, LAYOUT_3_11, LAYOUT_3_12, LAYOUT_3_13];
+/// The versions whose layout is a table here. 3.13 and later are built from the process's
+/// `_Py_DebugOffsets` instead (see `debug_offsets::REMAINDERS` for which).
+pub const TABLES: &[Layout] = &[LAYOUT_3_8, LAYOUT_3_9, LAYOUT_3_10, LAYOUT_3_11, LAYOUT_3_12];
 
 /// CPython 3.8 (verified on 3.8.18). Frames are heap `PyFrameObject`s linked by `f_back`;
 /// `f_lasti` counts bytes; line numbers come from `co_lnotab`.
@@ -97,6 +111,7 @@ pub const LAYOUT_3_8: Layout = Layout {
     unicode_ascii_data: 48,
     unicode_compact_data: 72,
     skip_none_code: false,
+    code_mask: u64::MAX,
 };
 
 /// CPython 3.9 (verified on 3.9.18): as 3.8, but `_PyRuntimeState` shrank (the GIL state
@@ -118,8 +133,13 @@ pub const LAYOUT_3_10: Layout = Layout {
 
 /// CPython 3.13 (verified on 3.13.0). `_PyCFrame` is gone: `tstate->current_frame`; frames
 /// hold `f_executable` (a code object, or None for C-stack entries) and `instr_ptr` (the
-/// instruction executing). TODO(#3): read these from `_Py_DebugOffsets` at the start of
-/// `_PyRuntime` instead of this table, as 3.14 needs.
+/// instruction executing). Not used at run time: 3.13 layouts are built from the process's
+/// `_Py_DebugOffsets`, and tests check that this is what they build (and that this matches
+/// the build's DWARF).
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the oracle for 3.13's debug-offsets layout, and its documentation")
+)]
 pub const LAYOUT_3_13: Layout = Layout {
     minor: 13,
     tss_key: 2160 + 4,
@@ -158,6 +178,7 @@ pub const LAYOUT_3_11: Layout = Layout {
     unicode_ascii_data: 48,
     unicode_compact_data: 72,
     skip_none_code: false,
+    code_mask: u64::MAX,
 };
 
 /// CPython 3.12 (verified on 3.12.1). The thread state moved to the `_Py_tss_tstate`
@@ -187,19 +208,109 @@ pub const LAYOUT_3_12: Layout = Layout {
     unicode_ascii_data: 40,
     unicode_compact_data: 56,
     skip_none_code: false,
+    code_mask: u64::MAX,
 };
 
-/// The layout for a version, or `None` when pyleak does not support it.
-pub fn for_version(v: PyVersion) -> Option<&'static Layout> {
+/// The table layout for a version (3.8–3.12), or `None`.
+pub fn table_for(v: PyVersion) -> Option<&'static Layout> {
     if v.major != 3 {
         return None;
     }
-    SUPPORTED.iter().find(|l| l.minor == v.minor)
+    TABLES.iter().find(|l| l.minor == v.minor)
 }
 
-/// "3.11, 3.12" — for error messages.
+/// "3.8, 3.9, ..., 3.14" — for error messages.
 pub fn supported_list() -> String {
-    SUPPORTED.iter().map(|l| format!("3.{}", l.minor)).collect::<Vec<_>>().join(", ")
+    TABLES
+        .iter()
+        .map(|l| l.minor)
+        .chain(debug_offsets::REMAINDERS.iter().map(|r| r.minor))
+        .map(|minor| format!("3.{minor}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A process's layout and where it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub layout: Layout,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A hand table of [`TABLES`] (3.8–3.12).
+    Table,
+    /// The interpreter's `_Py_DebugOffsets` plus a remainder row (3.13+).
+    DebugOffsets {
+        /// `PY_VERSION_HEX` the struct carries.
+        version: u64,
+        source: Source,
+        /// Whether pyleak has traced a live interpreter of this minor version.
+        tested_live: bool,
+    },
+}
+
+impl Resolved {
+    /// One line for reports and `doctor`: where the offsets came from, and for a version
+    /// never traced live, that it is untested.
+    pub fn describe(&self) -> String {
+        let minor = self.layout.minor;
+        match self.origin {
+            Origin::Table => {
+                format!("struct offsets from pyleak's 3.{minor} table (checked against that version's DWARF)")
+            }
+            Origin::DebugOffsets { source, tested_live, .. } => {
+                let from = match source {
+                    Source::Process => "read from the process",
+                    Source::File => "read from the interpreter file (the process's memory could not be read)",
+                };
+                if tested_live {
+                    format!(
+                        "struct offsets from the interpreter's own _Py_DebugOffsets ({from}); thread-state key, frame-owner values and string sizes from pyleak's 3.{minor} table"
+                    )
+                } else {
+                    format!(
+                        "Python 3.{minor} support is untested on a live interpreter: struct offsets come from its _Py_DebugOffsets ({from}), the rest of the layout (thread-state key, frame-owner values, tagged code pointers) from CPython 3.{minor} headers"
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// The layout for an interpreter: its version's table, or (3.13+) its `_Py_DebugOffsets`
+/// read from process `pid` (from the file when the process cannot be read). The version the
+/// debug offsets state must be the one discovery found. Unsupported versions are a
+/// [`TargetError::UnsupportedVersion`].
+pub fn resolve(interp: &Interpreter, pid: u32) -> Result<Resolved> {
+    let v = interp.version;
+    if let Some(layout) = table_for(v) {
+        return Ok(Resolved { layout: *layout, origin: Origin::Table });
+    }
+    let Some(rest) = debug_offsets::remainder(v.major, v.minor) else {
+        return Err(TargetError::UnsupportedVersion {
+            pid,
+            version: v.to_string(),
+            supported: supported_list(),
+        }
+        .into());
+    };
+    let (offsets, source) = debug_offsets::read(interp, pid)?;
+    let h = offsets.header;
+    if (h.major(), h.minor()) != (v.major, v.minor) {
+        anyhow::bail!(
+            "{} is Python {v} by its version, but its _Py_DebugOffsets says {}.{}",
+            interp.path,
+            h.major(),
+            h.minor()
+        );
+    }
+    let layout = debug_offsets::layout(&offsets)?;
+    Ok(Resolved {
+        layout,
+        origin: Origin::DebugOffsets { version: h.version, source, tested_live: rest.tested_live },
+    })
 }
 
 impl Layout {
@@ -220,13 +331,36 @@ mod tests {
     #[test]
     fn lookup() {
         let v = |minor| PyVersion { major: 3, minor, micro: None };
-        assert_eq!(for_version(v(12)).unwrap().minor, 12);
-        assert!(for_version(v(7)).is_none());
-        assert_eq!(supported_list(), "3.8, 3.9, 3.10, 3.11, 3.12, 3.13");
+        assert_eq!(table_for(v(12)).unwrap().minor, 12);
+        assert!(table_for(v(7)).is_none());
+        assert!(table_for(v(13)).is_none(), "3.13+ come from _Py_DebugOffsets");
+        assert!(debug_offsets::remainder(3, 14).is_some() && debug_offsets::remainder(3, 15).is_none());
+        assert_eq!(supported_list(), "3.8, 3.9, 3.10, 3.11, 3.12, 3.13, 3.14");
         assert_eq!(LAYOUT_3_10.bytecode_offset(7), Some(14));
         assert_eq!(LAYOUT_3_9.bytecode_offset(7), Some(7));
         assert_eq!(LAYOUT_3_12.bytecode_offset(192 + 10), Some(10));
         assert_eq!(LAYOUT_3_12.bytecode_offset(4), None);
+    }
+
+    #[test]
+    fn origin_notes() {
+        let table = Resolved { layout: LAYOUT_3_12, origin: Origin::Table };
+        assert!(table.describe().contains("pyleak's 3.12 table"), "{}", table.describe());
+        let v313 = Resolved {
+            layout: LAYOUT_3_13,
+            origin: Origin::DebugOffsets { version: 0x030d_00f0, source: Source::Process, tested_live: true },
+        };
+        assert!(!v313.describe().contains("untested"), "{}", v313.describe());
+        let v314 = Resolved {
+            layout: Layout { minor: 14, ..LAYOUT_3_13 },
+            origin: Origin::DebugOffsets { version: 0x030e_00f0, source: Source::File, tested_live: false },
+        };
+        let note = v314.describe();
+        assert!(note.starts_with("Python 3.14 support is untested on a live interpreter"), "{note}");
+        assert!(
+            note.contains("from CPython 3.14 headers") && note.contains("read from the interpreter file"),
+            "{note}"
+        );
     }
 
     /// Every layout value against the interpreter's own DWARF (gdb), for each installed
@@ -238,7 +372,8 @@ mod tests {
             panic!("gdb is needed to check layouts against DWARF (apt-get install gdb)");
         }
         let mut checked = 0;
-        for layout in SUPPORTED {
+        // The tables, and the 3.13 oracle the debug-offsets path is checked against.
+        for layout in TABLES.iter().chain([&LAYOUT_3_13]) {
             let Some(lib) = find_libpython(&root, layout.minor) else {
                 eprintln!("python 3.{} not installed under {root}; not checked", layout.minor);
                 continue;

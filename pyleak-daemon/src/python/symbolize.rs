@@ -33,14 +33,14 @@ struct CodeInfo {
 
 pub struct Symbolizer {
     mem: ProcMem,
-    layout: &'static Layout,
+    layout: Layout,
     /// Runtime address of `PyCode_Type`, to reject pointers that are not code objects.
     code_type: u64,
     cache: HashMap<u64, CodeInfo>,
 }
 
 impl Symbolizer {
-    pub fn new(mem: ProcMem, layout: &'static Layout, code_type: u64) -> Symbolizer {
+    pub fn new(mem: ProcMem, layout: Layout, code_type: u64) -> Symbolizer {
         Symbolizer { mem, layout, code_type, cache: HashMap::new() }
     }
 
@@ -90,7 +90,7 @@ impl Symbolizer {
     }
 
     fn fingerprint(&self, code: u64) -> Option<Fingerprint> {
-        let l = self.layout;
+        let l = &self.layout;
         let end = [l.co_filename, l.co_name, l.co_linetable, l.co_firstlineno].into_iter().max()? + 8;
         let raw = self.mem.read_vec(code, end as usize).ok()?;
         let u64_at = |off: u64| {

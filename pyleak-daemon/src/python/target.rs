@@ -11,10 +11,11 @@ use crate::discovery::{Interpreter, Linkage};
 /// The thread-local that holds the current `PyThreadState *` in 3.12+.
 const TSS_TSTATE: &str = "_Py_tss_tstate";
 
-pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
-    let mut t = PyTarget {
+/// The version-dependent half of a `PyTarget`: struct offsets and masks, no addresses.
+pub fn offsets(layout: &Layout) -> PyTarget {
+    PyTarget {
         instr_kind: layout.instr_kind,
-        code_mask: u64::MAX,
+        code_mask: layout.code_mask,
         tstate_thread_id: layout.tstate_thread_id,
         tstate_frame: layout.tstate_frame,
         cframe_current_frame: layout.cframe_current_frame,
@@ -25,7 +26,11 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
         owner_skip_min: layout.owner_skip_min,
         code_first_line: layout.co_firstlineno as i32,
         ..Default::default()
-    };
+    }
+}
+
+pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
+    let mut t = offsets(layout);
     let runtime = interp.image.symbol("_PyRuntime").map(|s| interp.bias + s.vaddr);
     match (runtime, pthread_specific_offset()) {
         (Some(runtime), Some(offset)) => {
