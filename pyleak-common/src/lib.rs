@@ -5,6 +5,8 @@
 //! defined once, here, so the loader and the kernel object cannot drift apart.
 #![no_std]
 
+pub mod sampling;
+
 /// Hard upper bound on Python frames captured per allocation (the kernel loop bound).
 /// The effective depth is the loader-set global [`GLOBAL_MAX_DEPTH`], at most this.
 pub const MAX_FRAMES: usize = 128;
@@ -43,6 +45,18 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_NEW_STACKS: &str = "NEW_STACKS";
 /// Per-CPU scratch space for building a [`StackTrace`] (too large for the BPF stack).
 pub const MAP_SCRATCH: &str = "SCRATCH";
+/// Ring buffer of [`ExecEvent`] records: processes that just called execve (the daemon
+/// matches them against its targets).
+pub const MAP_EXEC_EVENTS: &str = "EXEC_EVENTS";
+/// Size in bytes of the [`MAP_EXEC_EVENTS`] ring buffer.
+pub const EXEC_EVENTS_RING_BYTES: u32 = 64 * 1024;
+/// Tracepoint program on `sched/sched_process_exec`.
+pub const PROG_SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+
+/// `u32` array of [`sampling::TABLE_LEN`] probabilities, filled by the loader when sampling.
+pub const MAP_SAMPLE_TABLE: &str = "SAMPLE_TABLE";
+/// Loader-set global (u64): the mean sampling interval R in bytes; 0 records every allocation.
+pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
 
 /// Loader-set global: Python frames to capture per allocation (1..=MAX_FRAMES).
 pub const GLOBAL_MAX_DEPTH: &str = "MAX_DEPTH";
@@ -64,6 +78,10 @@ pub const PROG_ALIGNED_ALLOC_ENTER: &str = "aligned_alloc_enter";
 pub const PROG_ALLOC_EXIT: &str = "alloc_exit";
 /// Entry program for `free`-like functions: `void f(void *ptr)`.
 pub const PROG_FREE_ENTER: &str = "free_enter";
+/// Entry program that does nothing, at the same sites (`--empty-programs`: the cost floor).
+pub const PROG_EMPTY_ENTER: &str = "empty_enter";
+/// Return program that does nothing (`--empty-programs`).
+pub const PROG_EMPTY_EXIT: &str = "empty_exit";
 /// Entry program for `Py_FinalizeEx`: freezes the process's numbers (see `PyTarget::finalizing`).
 pub const PROG_FINALIZE_ENTER: &str = "finalize_enter";
 
@@ -87,6 +105,9 @@ pub struct AllocInfo {
     pub stack_id: u64,
     /// `bpf_ktime_get_ns()` at allocation (CLOCK_MONOTONIC).
     pub timestamp_ns: u64,
+    /// Allocations this block stands for: 1 in exact mode; with sampling, `COUNT_ONE / p` in
+    /// units of [`sampling::COUNT_ONE`] (and `size` is then the estimated bytes, `s / p`).
+    pub count_weight: u64,
 }
 
 /// Key of [`MAP_STACK_STATS`].
@@ -160,6 +181,14 @@ pub const CALL_REALLOC: u32 = 2;
 /// `*memptr` (kept in `Inflight::old_ptr`) and the result is an error number.
 pub const CALL_POSIX_MEMALIGN: u32 = 3;
 
+/// Record in [`MAP_EXEC_EVENTS`]: the process `tgid` has just replaced its program.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct ExecEvent {
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
 /// Value of [`MAP_INFLIGHT`].
 #[derive(Copy, Clone, Debug, Default)]
 #[repr(C)]
@@ -199,6 +228,51 @@ pub const INSTR_PTR: u32 = 2;
 
 /// Offset value meaning "this field does not exist in this version".
 pub const ABSENT: i32 = -1;
+
+// --- where an entry program finds its values (the attach cookie) ---
+//
+// An entry probe planned past a function's first instruction (see the daemon's `planner`), or
+// placed on an allocator-table implementation (`_PyObject_Malloc(void *ctx, size_t n)`: the
+// size is in %rsi, not %rdi), finds its values in other registers than the C ABI's argument
+// registers. The attach cookie of each probe says where: byte `i` is 1 + the `struct pt_regs`
+// word index of the register holding value `i` (values in the program's order, e.g. realloc:
+// pointer, size), or 0 for "the value's C ABI argument register" (a probe on the first
+// instruction of a public function: cookie 0 is the unplanned default).
+
+/// Words in x86_64's `struct pt_regs` (r15 .. ss).
+pub const PT_REGS_WORDS: u32 = 21;
+/// `struct pt_regs` word indices of the general-purpose registers (arch/x86/include/asm/ptrace.h).
+pub const PT_R15: u8 = 0;
+pub const PT_R14: u8 = 1;
+pub const PT_R13: u8 = 2;
+pub const PT_R12: u8 = 3;
+pub const PT_RBP: u8 = 4;
+pub const PT_RBX: u8 = 5;
+pub const PT_R11: u8 = 6;
+pub const PT_R10: u8 = 7;
+pub const PT_R9: u8 = 8;
+pub const PT_R8: u8 = 9;
+pub const PT_RAX: u8 = 10;
+pub const PT_RCX: u8 = 11;
+pub const PT_RDX: u8 = 12;
+pub const PT_RSI: u8 = 13;
+pub const PT_RDI: u8 = 14;
+/// Values an entry program reads at most (calloc, realloc, posix_memalign: two).
+pub const MAX_ENTRY_VALUES: usize = 2;
+
+/// The attach cookie saying that value `i` is in the register of `struct pt_regs` word
+/// `words[i]`.
+pub const fn entry_cookie(words: [u8; MAX_ENTRY_VALUES]) -> u64 {
+    (words[0] as u64 + 1) | ((words[1] as u64 + 1) << 8)
+}
+
+/// The `struct pt_regs` word of value `i` named by `cookie`, or `None` for the value's C ABI
+/// argument register.
+#[inline(always)]
+pub const fn cookie_word(cookie: u64, i: u32) -> Option<u32> {
+    let byte = ((cookie >> (8 * i)) & 0xff) as u32;
+    if byte == 0 || byte > PT_REGS_WORDS { None } else { Some(byte - 1) }
+}
 
 /// Where the kernel programs find one traced process's Python state: addresses already
 /// relocated into the target's address space, and the struct offsets of its CPython version.
@@ -302,10 +376,12 @@ pub enum Counter {
     AfterFinalize,
     /// Failed calls (NULL result, or realloc failure that leaves the old block alive).
     FailedAllocs,
+    /// Allocations the sampler passed over (`--sample-bytes`): neither walked nor recorded.
+    Unsampled,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::FailedAllocs as u32 + 1;
+    pub const COUNT: u32 = Counter::Unsampled as u32 + 1;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Allocs,
         Counter::Frees,
@@ -323,6 +399,7 @@ impl Counter {
         Counter::NoTarget,
         Counter::AfterFinalize,
         Counter::FailedAllocs,
+        Counter::Unsampled,
     ];
 
     /// Stable snake_case name, used in reports and metric labels.
@@ -344,6 +421,7 @@ impl Counter {
             Counter::NoTarget => "no_target",
             Counter::AfterFinalize => "after_finalize",
             Counter::FailedAllocs => "failed_allocs",
+            Counter::Unsampled => "unsampled",
         }
     }
 

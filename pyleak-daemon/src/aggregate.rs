@@ -23,20 +23,24 @@ pub struct Inputs<'a> {
     pub duration: Duration,
     /// Per stack id, summed over CPUs.
     pub stats: Vec<(u64, StackCounters)>,
-    /// With `--min-age`: the blocks old enough, as (stack id, size, time).
-    pub live: Option<Vec<(u64, u64, u64)>>,
+    /// With `--min-age`: the blocks old enough, as (stack id, bytes, time, count weight).
+    pub live: Option<Vec<(u64, u64, u64, u64)>>,
+    /// `--sample-bytes` (0: exact). Sampled counters are estimates, counts in
+    /// `sampling::COUNT_ONE` units.
+    pub sample_bytes: u64,
     pub counters: Vec<(Counter, u64)>,
     pub resolved: &'a HashMap<u64, ResolvedStack>,
 }
 
 pub fn build(inp: Inputs<'_>) -> Report {
+    let count_one = if inp.sample_bytes > 0 { pyleak_common::sampling::COUNT_ONE } else { 1 };
     let mut totals = Totals::default();
     let mut per_stack: HashMap<u64, StackStats> = HashMap::new();
     for (id, c) in &inp.stats {
         totals.allocated_bytes += c.allocated_bytes;
         totals.freed_bytes += c.freed_bytes;
         let outstanding_bytes = c.allocated_bytes.saturating_sub(c.freed_bytes);
-        let outstanding_allocations = c.allocations.saturating_sub(c.frees);
+        let outstanding_allocations = c.allocations.saturating_sub(c.frees) / count_one;
         totals.outstanding_bytes += outstanding_bytes;
         totals.outstanding_allocations += outstanding_allocations;
         let (frames, truncated) = frames_of(*id, inp.resolved);
@@ -58,10 +62,16 @@ pub fn build(inp: Inputs<'_>) -> Report {
             s.outstanding_bytes = 0;
             s.outstanding_allocations = 0;
         }
-        for &(id, size, _) in live {
+        let mut weights: HashMap<u64, u64> = HashMap::new();
+        for &(id, size, _, weight) in live {
             if let Some(s) = per_stack.get_mut(&id) {
                 s.outstanding_bytes += size;
-                s.outstanding_allocations += 1;
+                *weights.entry(id).or_default() += weight;
+            }
+        }
+        for (id, weight) in weights {
+            if let Some(s) = per_stack.get_mut(&id) {
+                s.outstanding_allocations = weight / count_one;
             }
         }
     }
@@ -69,6 +79,9 @@ pub fn build(inp: Inputs<'_>) -> Report {
     totals.lost_events = Counter::ALL.iter().filter(|c| c.is_loss()).map(|&c| counter(c)).sum();
 
     let mut python = inp.python;
+    if inp.sample_bytes > 0 {
+        python.notes.insert(0, crate::sampling::note(inp.sample_bytes));
+    }
     let unresolved = inp.stats.iter().filter(|(id, _)| !inp.resolved.contains_key(id)).count();
     if unresolved > 0 {
         python.notes.push(format!(
@@ -111,6 +124,7 @@ pub fn build(inp: Inputs<'_>) -> Report {
         duration_s: inp.duration.as_secs_f64(),
         totals,
         stacks,
+        sample_bytes: (inp.sample_bytes > 0).then_some(inp.sample_bytes),
     }
 }
 
@@ -149,7 +163,10 @@ mod tests {
     fn outstanding_is_allocated_minus_freed_and_sorted() {
         let mut resolved = HashMap::new();
         resolved.insert(1, ResolvedStack { frames: vec![frame("leak", 3)], flags: 0, native: None });
-        resolved.insert(2, ResolvedStack { frames: vec![frame("churn", 9)], flags: STACK_TRUNCATED, native: None });
+        resolved.insert(
+            2,
+            ResolvedStack { frames: vec![frame("churn", 9)], flags: STACK_TRUNCATED, native: None },
+        );
         let churn = StackCounters { allocated_bytes: 5000, allocations: 50, freed_bytes: 4900, frees: 49 };
         let r = build(Inputs {
             pid: 7,
@@ -158,6 +175,7 @@ mod tests {
             duration: Duration::from_secs(2),
             stats: vec![(2, churn), (1, counters(10))],
             live: None,
+            sample_bytes: 0,
             counters: vec![(Counter::LostLiveFull, 3), (Counter::Allocs, 99)],
             resolved: &resolved,
         });
@@ -181,7 +199,8 @@ mod tests {
             python: PythonInfo::default(),
             duration: Duration::from_secs(1),
             stats: vec![(1, counters(10))],
-            live: Some(vec![(1, 100, 5), (1, 100, 6)]),
+            live: Some(vec![(1, 100, 5, 1), (1, 100, 6, 1)]),
+            sample_bytes: 0,
             counters: vec![],
             resolved: &resolved,
         });

@@ -1,11 +1,11 @@
 //! What `pyleak run` and `pyleak trace` do, given parsed arguments.
 use std::{
-    io::Write,
+    io::{IsTerminal, Write},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::{
     cli::{CaptureArgs, ReportArgs},
@@ -18,7 +18,13 @@ use crate::{
 };
 
 fn load_options(c: &CaptureArgs) -> LoadOptions {
-    LoadOptions { max_depth: c.stack_depth, max_live_allocs: c.max_allocations, max_stacks: c.max_stacks }
+    LoadOptions {
+        max_depth: c.stack_depth,
+        max_live_allocs: c.max_allocations,
+        max_stacks: c.max_stacks,
+        sample_bytes: c.sample_bytes.unwrap_or(0),
+        empty_programs: c.empty_programs,
+    }
 }
 
 fn announce(s: &Session, how: &str) {
@@ -30,12 +36,11 @@ fn announce(s: &Session, how: &str) {
 
 /// `pyleak trace`.
 pub fn trace(pid: u32, duration: Option<f64>, rep: &ReportArgs, cap: &CaptureArgs) -> Result<()> {
-    let opts = rep.options();
-    // Validate filters before attaching, so a typo costs nothing.
-    report::FrameFilter::new(&opts.include, &opts.exclude)?;
+    // Validate the report options before attaching, so a typo costs nothing.
+    check_report_args(rep)?;
     launch::install_interrupt_handler();
-    let session =
-        Session::attach(pid, load_options(cap), false).with_context(|| format!("cannot trace pid {pid}"))?;
+    let session = Session::attach_with(pid, load_options(cap), !cap.no_planner, false)
+        .with_context(|| format!("cannot trace pid {pid}"))?;
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
     announce(
         &session,
@@ -61,13 +66,12 @@ pub fn trace(pid: u32, duration: Option<f64>, rep: &ReportArgs, cap: &CaptureArg
 
 /// `pyleak run`.
 pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> Result<()> {
-    let opts = rep.options();
-    report::FrameFilter::new(&opts.include, &opts.exclude)?;
+    check_report_args(rep)?;
     launch::install_interrupt_handler();
     let child = Child::spawn_until_python(argv)?;
     let pid = child.pid;
     tracing::debug!(pid, "child stopped with its runtime mapped");
-    let session = match Session::attach(pid, load_options(cap), true) {
+    let session = match Session::attach_with(pid, load_options(cap), !cap.no_planner, true) {
         Ok(s) => s,
         Err(e) => {
             // Do not leave a stopped child behind: PTRACE_O_EXITKILL ends it when we exit.
@@ -94,17 +98,35 @@ pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> 
     write_report(&raw, rep)
 }
 
+/// What can be checked of the report options before tracing: the filters compile, and a
+/// binary format is not headed for a terminal.
+pub fn check_report_args(rep: &ReportArgs) -> Result<()> {
+    let opts = rep.options();
+    report::FrameFilter::new(&opts.include, &opts.exclude)?;
+    if rep.format.is_binary() && rep.output.is_none() && std::io::stdout().is_terminal() {
+        // As gzip does: binary on a terminal is noise, and the report would be lost.
+        bail!("the pprof report is binary and standard output is a terminal: write it with -o FILE");
+    }
+    Ok(())
+}
+
 fn write_report(raw: &Report, rep: &ReportArgs) -> Result<()> {
-    let shaped = report::shape(raw, &rep.options())?;
+    let opts = rep.options();
+    let shaped = report::shape(raw, &opts)?;
     let mut buf = Vec::new();
-    report::render(&shaped, rep.format, rep.group_by, &mut buf)?;
+    report::render(&shaped, rep.format, opts.group_by, &mut buf)?;
+    write_output(&buf, rep)
+}
+
+/// Writes a rendered report where `rep` says: `-o FILE`, else standard output.
+pub fn write_output(buf: &[u8], rep: &ReportArgs) -> Result<()> {
     match &rep.output {
         Some(path) => {
-            std::fs::write(path, &buf).with_context(|| format!("writing the report to {}", path.display()))?
+            std::fs::write(path, buf).with_context(|| format!("writing the report to {}", path.display()))?
         }
         None => {
             let mut out = std::io::stdout().lock();
-            if let Err(e) = out.write_all(&buf).and_then(|_| out.flush())
+            if let Err(e) = out.write_all(buf).and_then(|_| out.flush())
                 && e.kind() != std::io::ErrorKind::BrokenPipe
             {
                 return Err(e).context("writing the report to standard output");

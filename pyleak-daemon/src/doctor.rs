@@ -8,6 +8,7 @@ use crate::{
     probes::{self, LoadOptions, Probes},
     python::{layout, target},
     session::{self, ALLOCATOR_FUNCTIONS, NATIVE_FUNCTIONS},
+    sites,
 };
 
 /// One line of the diagnosis.
@@ -182,10 +183,22 @@ fn target_checks(pid: u32, out: &mut String) -> Vec<Check> {
         },
         Err(e) => Check { name: "thread state", ok: false, detail: format!("{e:#}") },
     });
-    let (sites, missing) = session::plan_sites(&interp.image, ALLOCATOR_FUNCTIONS);
-    let _ = writeln!(out, "probes in {}:", interp.path);
-    for s in &sites {
-        let _ = writeln!(out, "  {:<18} file offset {:#x} ({:?})", s.function, s.file_offset, s.kind);
+    // What `trace` would probe now (the allocator tables as the process has them).
+    let plan = sites::interpreter_sites(
+        pid,
+        &interp,
+        ALLOCATOR_FUNCTIONS,
+        sites::Options { planner: true, before_init: false },
+    );
+    let (sites, missing) = (&plan.sites, &plan.missing);
+    let _ = writeln!(
+        out,
+        "probe plan in {} (public functions -> probed function; entry probe at file offset +N):",
+        interp.path
+    );
+    sites::describe(&plan, out);
+    for note in &plan.notes {
+        let _ = writeln!(out, "  note: {note}");
     }
     checks.push(Check {
         name: "allocator coverage",
@@ -205,8 +218,10 @@ fn target_checks(pid: u32, out: &mut String) -> Vec<Check> {
     });
     match discovery::find_libc(pid) {
         Ok(Some(lib)) => {
-            let (native, _) = session::plan_sites(&lib.image, NATIVE_FUNCTIONS);
-            let names: Vec<_> = native.iter().map(|s| s.function.as_str()).collect();
+            let native = sites::public_sites(&lib.image, NATIVE_FUNCTIONS, true);
+            let _ = writeln!(out, "probe plan in {}:", lib.path);
+            sites::describe(&native, out);
+            let names: Vec<_> = native.rows.iter().flat_map(|r| r.covers.iter().copied()).collect();
             checks.push(Check {
                 name: "native allocations",
                 ok: true,

@@ -142,6 +142,36 @@ impl ElfImage {
         self.data.get(off..off.checked_add(len)?)
     }
 
+    /// The pointer (a link-time address) that the 8-byte word at `vaddr` holds once the
+    /// dynamic linker has relocated the file: from its dynamic relocation (`R_X86_64_RELATIVE`:
+    /// the addend; `R_X86_64_64`/`GLOB_DAT` against a symbol defined here: its address plus
+    /// the addend), else the word stored in the file (a position-dependent executable).
+    /// `None` for a relocation against another module's symbol.
+    pub fn pointer_at(&self, vaddr: u64) -> Option<u64> {
+        use object::{
+            ObjectSymbolTable,
+            elf::{R_X86_64_64, R_X86_64_GLOB_DAT, R_X86_64_RELATIVE},
+        };
+        let file = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
+        if let Some(relocs) = file.dynamic_relocations() {
+            for (offset, reloc) in relocs {
+                if offset != vaddr {
+                    continue;
+                }
+                let object::RelocationFlags::Elf { r_type } = reloc.flags() else { return None };
+                return match (r_type, reloc.target()) {
+                    (R_X86_64_RELATIVE, _) => Some(reloc.addend() as u64),
+                    (R_X86_64_64 | R_X86_64_GLOB_DAT, RelocationTarget::Symbol(index)) => {
+                        let sym = file.dynamic_symbol_table()?.symbol_by_index(index).ok()?;
+                        sym.is_definition().then(|| sym.address().wrapping_add(reloc.addend() as u64))
+                    }
+                    _ => None,
+                };
+            }
+        }
+        Some(u64::from_le_bytes(self.read_at(vaddr, 8)?.try_into().ok()?))
+    }
+
     /// The bytes of a section (e.g. `.rodata`), if present.
     pub fn section(&self, name: &str) -> Option<&[u8]> {
         let file = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;

@@ -105,4 +105,8 @@ pub struct Report {
     pub totals: Totals,
     /// Sorted by `outstanding_bytes`, descending.
     pub stacks: Vec<StackStats>,
+    /// Present when allocations were sampled (`--sample-bytes`): the mean sampling interval
+    /// in bytes. Every byte and count in the report is then an unbiased estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_bytes: Option<u64>,
 }

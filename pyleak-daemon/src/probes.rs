@@ -5,24 +5,25 @@ use std::{collections::HashMap as StdHashMap, num::NonZeroU32, os::fd::AsRawFd, 
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         UProbe,
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use pyleak_common::{
-    AllocInfo, AllocKey, Counter, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH, Inflight, MAP_COUNTERS,
-    MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS, MAP_STACK_STATS, MAP_STACKS, MAP_TARGETS, MAX_FRAMES,
-    NewStack, PROG_ALIGNED_ALLOC_ENTER, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_FINALIZE_ENTER,
-    PROG_FREE_ENTER, PROG_MALLOC_ENTER, PROG_POSIX_MEMALIGN_ENTER, PROG_REALLOC_ENTER, PyTarget,
-    StackCounters, StackKey, StackTrace,
+    AllocInfo, AllocKey, Counter, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH, GLOBAL_SAMPLE_BYTES, Inflight,
+    MAP_COUNTERS, MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS, MAP_SAMPLE_TABLE, MAP_STACK_STATS,
+    MAP_STACKS, MAP_TARGETS, MAX_FRAMES, NewStack, PROG_ALIGNED_ALLOC_ENTER, PROG_ALLOC_EXIT,
+    PROG_CALLOC_ENTER, PROG_EMPTY_ENTER, PROG_EMPTY_EXIT, PROG_FINALIZE_ENTER, PROG_FREE_ENTER,
+    PROG_MALLOC_ENTER, PROG_POSIX_MEMALIGN_ENTER, PROG_REALLOC_ENTER, PyTarget, StackCounters, StackKey,
+    StackTrace,
 };
 
 use crate::btf;
 
 /// The kernel object, built by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pyleak"));
+pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pyleak"));
 
 /// Linux capability numbers (linux/capability.h).
 const CAP_SYS_ADMIN: u32 = 21;
@@ -43,6 +44,11 @@ pub enum AllocFn {
 }
 
 impl AllocFn {
+    /// Whether the function also gets the return program (it returns the block).
+    pub fn has_return_probe(self) -> bool {
+        !matches!(self, AllocFn::Free | AllocFn::Finalize)
+    }
+
     fn entry_program(self) -> &'static str {
         match self {
             AllocFn::Malloc => PROG_MALLOC_ENTER,
@@ -56,12 +62,21 @@ impl AllocFn {
     }
 }
 
-/// One probe site: a function in a file, at a file offset.
+/// One uprobe of a link: (file offset, attach cookie, the function, for messages).
+type Point<'a> = (u64, Option<u64>, &'a str);
+
+/// One probed function in a file (see `sites` for how they are chosen).
 #[derive(Clone, Debug)]
 pub struct ProbeSite {
     pub function: String,
     pub kind: AllocFn,
+    /// The function's first instruction, as a file offset: where its return probe goes.
     pub file_offset: u64,
+    /// Where its entry probe goes: `file_offset`, or further on (the planner).
+    pub entry_offset: u64,
+    /// The entry probe's attach cookie: where its program finds its values
+    /// (`pyleak_common::entry_cookie`; 0: the C ABI argument registers).
+    pub cookie: u64,
 }
 
 /// Sizes and depth chosen by the user (config/CLI).
@@ -70,6 +85,10 @@ pub struct LoadOptions {
     pub max_depth: u32,
     pub max_live_allocs: u32,
     pub max_stacks: u32,
+    /// `--sample-bytes`: mean sampling interval in bytes; 0 records every allocation.
+    pub sample_bytes: u64,
+    /// `--empty-programs` (benchmarks): attach programs that do nothing, at the same sites.
+    pub empty_programs: bool,
 }
 
 impl Default for LoadOptions {
@@ -78,6 +97,8 @@ impl Default for LoadOptions {
             max_depth: pyleak_common::DEFAULT_MAX_DEPTH,
             max_live_allocs: pyleak_common::DEFAULT_MAX_LIVE_ALLOCS,
             max_stacks: pyleak_common::DEFAULT_MAX_STACKS,
+            sample_bytes: 0,
+            empty_programs: false,
         }
     }
 }
@@ -113,6 +134,7 @@ pub struct Probes {
     inflight: HashMap<MapData, u64, Inflight>,
     /// Attached links per pid, to detach one process without touching others.
     links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    empty_programs: bool,
 }
 
 /// Read-only views of the maps the reporting side needs; shareable across threads.
@@ -140,6 +162,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_MAX_DEPTH, &depth, true)
             .override_global(GLOBAL_FSBASE_OFFSET, &fsbase, true)
+            .override_global(GLOBAL_SAMPLE_BYTES, &opts.sample_bytes, true)
             .map_max_entries(MAP_LIVE_ALLOCS, opts.max_live_allocs)
             .map_max_entries(MAP_STACKS, opts.max_stacks)
             .map_max_entries(MAP_STACK_STATS, opts.max_stacks)
@@ -155,11 +178,19 @@ impl Probes {
             PROG_FINALIZE_ENTER,
             PROG_POSIX_MEMALIGN_ENTER,
             PROG_ALIGNED_ALLOC_ENTER,
+            PROG_EMPTY_ENTER,
+            PROG_EMPTY_EXIT,
         ] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| permission_hint(anyhow!(e)))
                 .with_context(|| format!("the kernel rejected program {name}"))?;
+        }
+        if opts.sample_bytes > 0 {
+            let mut table: Array<_, u32> = Array::try_from(take(&mut ebpf, MAP_SAMPLE_TABLE)?)?;
+            for (k, p) in crate::sampling::probability_table().into_iter().enumerate() {
+                table.set(k as u32, &p, 0).context("filling the sampling table")?;
+            }
         }
         let targets = HashMap::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
         let inflight = HashMap::try_from(take(&mut ebpf, MAP_INFLIGHT)?)?;
@@ -170,7 +201,8 @@ impl Probes {
             counters: PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?)?,
         };
         let ring = RingBuf::try_from(take(&mut ebpf, MAP_NEW_STACKS)?)?;
-        Ok((Probes { ebpf, targets, inflight, links: StdHashMap::new() }, tables, ring))
+        let empty_programs = opts.empty_programs;
+        Ok((Probes { ebpf, targets, inflight, links: StdHashMap::new(), empty_programs }, tables, ring))
     }
 
     /// Whether the kernel side saw `pid` enter `Py_FinalizeEx`.
@@ -192,27 +224,43 @@ impl Probes {
     /// 4.5 s for 40 probes), a multi link detaches them all at once.
     pub fn attach(&mut self, pid: u32, file: &Path, sites: &[ProbeSite]) -> Result<()> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?);
-        let mut by_program: Vec<(&'static str, Vec<u64>)> = Vec::new();
+        // (program, [(file offset, cookie)]): the entry program at the planned instruction
+        // with its cookie, the return program at the function's first instruction.
+        let mut by_program: Vec<(&'static str, Vec<Point<'_>>)> = Vec::new();
         for site in sites {
-            let mut names = vec![site.kind.entry_program()];
-            if !matches!(site.kind, AllocFn::Free | AllocFn::Finalize) {
-                names.push(PROG_ALLOC_EXIT);
+            let f = site.function.as_str();
+            let (entry, exit) = if self.empty_programs {
+                (PROG_EMPTY_ENTER, PROG_EMPTY_EXIT)
+            } else {
+                (site.kind.entry_program(), PROG_ALLOC_EXIT)
+            };
+            let mut points = vec![(entry, (site.entry_offset, Some(site.cookie), f))];
+            if site.kind.has_return_probe() {
+                points.push((exit, (site.file_offset, None, f)));
             }
-            for name in names {
+            for (name, point) in points {
                 match by_program.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, offsets)) => offsets.push(site.file_offset),
-                    None => by_program.push((name, vec![site.file_offset])),
+                    Some((_, offsets)) => offsets.push(point),
+                    None => by_program.push((name, vec![point])),
                 }
             }
         }
         let mut links = Vec::new();
-        for (name, offsets) in by_program {
+        for (name, points) in by_program {
+            let at: Vec<String> = points.iter().map(|p| format!("{}@{:#x}", p.2, p.0)).collect();
             let prog: &mut UProbe = program(&mut self.ebpf, name)?;
             let id = prog
-                .attach(offsets.iter().copied(), file, scope)
+                .attach(
+                    points.iter().map(|&(offset, cookie, _)| UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(offset),
+                        cookie: cookie.filter(|c| *c != 0),
+                    }),
+                    file,
+                    scope,
+                )
                 .map_err(|e| permission_hint(anyhow!(e)))
                 .with_context(|| {
-                    format!("attaching {name} to {} at {offsets:#x?} in pid {pid}", file.display())
+                    format!("attaching {name} to {} at {} in pid {pid}", file.display(), at.join(", "))
                 })?;
             links.push((name, id));
         }
@@ -264,12 +312,13 @@ impl Tables {
     }
 
     /// Outstanding blocks of one process: (stack id, size, allocation time in ns).
-    pub fn live_blocks(&self, pid: u32) -> Vec<(u64, u64, u64)> {
+    /// The process's outstanding blocks: (stack id, bytes, time, count weight).
+    pub fn live_blocks(&self, pid: u32) -> Vec<(u64, u64, u64, u64)> {
         self.live
             .iter()
             .flatten()
             .filter(|(k, _)| k.tgid == pid)
-            .map(|(_, v)| (v.stack_id, v.size, v.timestamp_ns))
+            .map(|(_, v)| (v.stack_id, v.size, v.timestamp_ns, v.count_weight))
             .collect()
     }
 

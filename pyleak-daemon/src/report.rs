@@ -2,10 +2,12 @@
 //! [`model::Report`](crate::model::Report).
 //!
 //! This module owns `--include`/`--exclude`, `--group-by`, `--frames`, `--top` and the
-//! `table`/`json` formats. It is tracemalloc's `Snapshot.filter_traces()` plus
-//! `Snapshot.statistics(key_type)`, applied to the per-stack outstanding allocations that
-//! `aggregate` produced; `run`, `trace`, `dump` and the daemon's `/api/report` all go through
-//! [`shape`] and then [`render`], so the CLI and HTTP outputs cannot drift.
+//! `table`/`json` formats; [`render`] hands `folded`/`svg`/`pprof` to
+//! [`flamegraph`](crate::flamegraph), which always draw whole stacks ([`Format::group_by`]).
+//! It is tracemalloc's `Snapshot.filter_traces()` plus `Snapshot.statistics(key_type)`,
+//! applied to the per-stack outstanding allocations that `aggregate` produced; `run`, `trace`,
+//! `dump` and the daemon's `/api/report` all go through [`shape`] and then [`render`], so the
+//! CLI and HTTP outputs cannot drift.
 //!
 //! Order of operations in [`shape`]:
 //! 1. A stack without any Python frame (memory allocated by C code that no Python frame was
@@ -37,6 +39,7 @@ use std::io::{self, BufWriter, Write};
 use anyhow::{Context, Result, bail};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use crate::flamegraph;
 use crate::model::{Frame, NativeFrame, Report, StackStats};
 
 /// How stacks are merged, like the `key_type` of tracemalloc's `Snapshot.statistics()`.
@@ -73,6 +76,30 @@ pub enum Format {
     Table,
     /// The JSON report of DESIGN.md §4 (machine-readable; field names are a contract).
     Json,
+    /// Folded stacks of outstanding bytes, for flamegraph.pl, inferno or speedscope.
+    Folded,
+    /// An interactive flamegraph of outstanding bytes (SVG; open it in a browser).
+    Svg,
+    /// A gzipped pprof profile (profile.proto), for `go tool pprof` (binary).
+    Pprof,
+}
+
+impl Format {
+    /// The flamegraph formats draw whole stacks, whatever `--group-by` asked for.
+    pub fn is_flamegraph(self) -> bool {
+        matches!(self, Format::Folded | Format::Svg | Format::Pprof)
+    }
+
+    /// The grouping a report in this format uses when `requested` was asked for: whole stacks
+    /// (traceback) for the flamegraph formats, `requested` for the others.
+    pub fn group_by(self, requested: GroupBy) -> GroupBy {
+        if self.is_flamegraph() { GroupBy::Traceback } else { requested }
+    }
+
+    /// Whether the output is binary (not text): it must not go to a terminal.
+    pub fn is_binary(self) -> bool {
+        self == Format::Pprof
+    }
 }
 
 /// The report options of DESIGN.md §4 that [`shape`] applies.
@@ -95,7 +122,7 @@ const NATIVE_FILE: &str = "<native>";
 const NO_PYTHON_FRAME: &str = "<no Python frame>";
 
 /// The frame given to stacks that have none, so they are grouped and shown, never lost.
-fn native_frame() -> Frame {
+pub(crate) fn native_frame() -> Frame {
     Frame {
         function: NO_PYTHON_FRAME.to_string(),
         qualname: NO_PYTHON_FRAME.to_string(),
@@ -305,6 +332,7 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
         duration_s: report.duration_s,
         totals: report.totals.clone(),
         stacks,
+        sample_bytes: report.sample_bytes,
     })
 }
 
@@ -323,7 +351,11 @@ fn cmp_frames(a: &[Frame], b: &[Frame]) -> Ordering {
 }
 
 /// Write `report` (already [`shape`]d) in `format`; `group_by` says how the table labels rows.
-pub fn render(report: &Report, format: Format, group_by: GroupBy, out: &mut dyn Write) -> io::Result<()> {
+///
+/// The flamegraph formats (see [`crate::flamegraph`]) expect a report shaped with
+/// [`Format::group_by`], i.e. whole stacks, and ignore `group_by`. Every format is written
+/// byte for byte (pprof is binary).
+pub fn render(report: &Report, format: Format, group_by: GroupBy, out: &mut dyn Write) -> Result<()> {
     let mut out = BufWriter::new(out);
     match format {
         Format::Json => {
@@ -331,8 +363,12 @@ pub fn render(report: &Report, format: Format, group_by: GroupBy, out: &mut dyn 
             writeln!(out)?;
         }
         Format::Table => render_table(report, group_by, &mut out)?,
+        Format::Folded => out.write_all(flamegraph::folded(report).as_bytes())?,
+        Format::Svg => out.write_all(&flamegraph::svg(report)?)?,
+        Format::Pprof => out.write_all(&flamegraph::pprof(report)?)?,
     }
-    out.flush()
+    out.flush()?;
+    Ok(())
 }
 
 fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::Result<()> {
@@ -502,6 +538,7 @@ mod tests {
                 lost_events: 0,
             },
             stacks,
+            sample_bytes: None,
         }
     }
 
@@ -543,7 +580,7 @@ mod tests {
         let group_by = GroupBy::value_variants().iter().map(|v| v.to_possible_value()).collect();
         assert_eq!(names(group_by), ["traceback", "line", "function", "file"]);
         let formats = Format::value_variants().iter().map(|v| v.to_possible_value()).collect();
-        assert_eq!(names(formats), ["table", "json"]);
+        assert_eq!(names(formats), ["table", "json", "folded", "svg", "pprof"]);
         assert_eq!(GroupBy::default(), GroupBy::Traceback);
         assert_eq!(Format::default(), Format::Table);
     }

@@ -20,9 +20,10 @@ use crate::{
     elf::ElfImage,
     model::{PythonInfo, Report},
     native::NativeNamer,
-    probes::{self, AllocFn, LoadOptions, ProbeSite, Probes, Tables},
+    probes::{self, AllocFn, LoadOptions, Probes, Tables},
     procmem::ProcMem,
     python::{layout, symbolize::Symbolizer, target},
+    sites,
 };
 
 /// The allocator entry points probed, with what each does. Every allocation path of a
@@ -86,6 +87,7 @@ pub struct Session {
     stop: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
     started: Instant,
+    sample_bytes: u64,
 }
 
 /// Turns stack ids into symbolized frames as soon as they appear.
@@ -101,17 +103,32 @@ struct Resolver {
 
 impl Session {
     /// Attaches to a running process. Nothing in the target is stopped or modified.
-    /// `hold_at_finalize` is for `run`'s ptraced child only (see `PyTarget::stop_at_finalize`).
+    /// `hold_at_finalize` is for `run`'s ptraced child only (see `PyTarget::stop_at_finalize`);
+    /// that child is also attached before its interpreter started. Probe sites are planned
+    /// (see `sites`).
     pub fn attach(pid: u32, opts: LoadOptions, hold_at_finalize: bool) -> Result<Session> {
+        Session::attach_with(pid, opts, true, hold_at_finalize)
+    }
+
+    /// [`Session::attach`], with the probe-site planner on or off (`--no-planner`: probes on
+    /// the public entry points' first instructions).
+    pub fn attach_with(
+        pid: u32,
+        opts: LoadOptions,
+        planner: bool,
+        hold_at_finalize: bool,
+    ) -> Result<Session> {
         let interp = discovery::find_interpreter(pid)?;
         let resolved = layout::resolve(&interp, pid)?;
         let layout = resolved.layout;
         let mut py_target = target::build(&interp, &layout)?;
         py_target.stop_at_finalize = hold_at_finalize as u32;
-        let (sites, missing) = plan_sites(&interp.image, ALLOCATOR_FUNCTIONS);
+        let placement = sites::Options { planner, before_init: hold_at_finalize };
+        let plan = sites::interpreter_sites(pid, &interp, ALLOCATOR_FUNCTIONS, placement);
+        let (sites, missing) = (&plan.sites, &plan.missing);
         let libc = discovery::find_libc(pid)?;
         let native = match &libc {
-            Some(lib) => plan_sites(&lib.image, NATIVE_FUNCTIONS).0,
+            Some(lib) => sites::public_sites(&lib.image, NATIVE_FUNCTIONS, planner).sites,
             None => Vec::new(),
         };
         if sites.is_empty() {
@@ -123,7 +140,7 @@ impl Session {
         let (mut probes, tables, ring) = Probes::load(opts)?;
         tracing::debug!(pid, "kernel programs loaded");
         probes.add_target(pid, &py_target)?;
-        probes.attach(pid, &interp.host_path, &sites)?;
+        probes.attach(pid, &interp.host_path, sites)?;
         if let Some(lib) = &libc {
             probes.attach(pid, &lib.host_path, &native)?;
         }
@@ -148,14 +165,32 @@ impl Session {
         Ok(Session {
             pid,
             command: discovery::command_line(pid),
-            python: describe(&interp, &resolved, &missing, libc.as_ref().map(|l| l.path.as_str())),
+            python: {
+                let mut python =
+                    describe(&interp, &resolved, missing, libc.as_ref().map(|l| l.path.as_str()));
+                python.notes.extend(plan.notes.iter().cloned());
+                if opts.empty_programs {
+                    python.notes.insert(
+                        0,
+                        "--empty-programs: the probes ran programs that do nothing (a benchmark floor); nothing was recorded"
+                            .to_string(),
+                    );
+                }
+                python
+            },
             probes,
             tables,
             resolver,
             stop,
             worker: Some(worker),
             started: Instant::now(),
+            sample_bytes: opts.sample_bytes,
         })
+    }
+
+    /// The kernel side's health counters (its maps serve this process only).
+    pub fn counters(&self) -> Vec<(pyleak_common::Counter, u64)> {
+        self.tables.counters()
     }
 
     /// Whether the kernel side saw the interpreter enter `Py_FinalizeEx`.
@@ -169,16 +204,19 @@ impl Session {
         r.drain(true);
     }
 
+    /// The raw report so far (all stacks, unshaped), while tracing goes on. `min_age` keeps
+    /// only blocks outstanding at least that long. Used by the daemon on every request.
+    pub fn snapshot(&self, min_age: Option<Duration>) -> Report {
+        let mut resolver = self.resolver.lock().expect("resolver poisoned");
+        resolver.drain(true);
+        self.build_report(&resolver, min_age, self.probes.finalizing(self.pid))
+    }
+
     /// Detaches and returns the raw report (all stacks, unshaped). `min_age` keeps only
     /// blocks outstanding at least that long.
     pub fn finish(mut self, min_age: Option<Duration>) -> Report {
-        let duration = self.started.elapsed();
-        if self.probes.finalizing(self.pid) {
-            self.python.notes.push(
-                "counting stopped when the interpreter began shutting down (Py_FinalizeEx): memory freed by shutdown is still shown as outstanding"
-                    .to_string(),
-            );
-        }
+        // Read before detaching: detaching forgets the process's kernel-side state.
+        let finalizing = self.probes.finalizing(self.pid);
         self.probes.detach(self.pid);
         tracing::debug!(pid = self.pid, "detached");
         self.stop.store(true, Ordering::SeqCst);
@@ -189,43 +227,36 @@ impl Session {
         if discovery::process_exists(self.pid) {
             resolver.drain(true);
         }
+        tracing::debug!(pid = self.pid, "symbolized");
+        self.build_report(&resolver, min_age, finalizing)
+    }
+
+    fn build_report(&self, resolver: &Resolver, min_age: Option<Duration>, finalizing: bool) -> Report {
+        let mut python = self.python.clone();
+        if finalizing {
+            python.notes.push(
+                "counting stopped when the interpreter began shutting down (Py_FinalizeEx): memory freed by shutdown is still shown as outstanding"
+                    .to_string(),
+            );
+        }
         let live = min_age.map(|age| {
             let cutoff = monotonic_ns().saturating_sub(age.as_nanos() as u64);
             self.tables.live_blocks(self.pid).into_iter().filter(|b| b.2 <= cutoff).collect::<Vec<_>>()
         });
-        tracing::debug!(pid = self.pid, "symbolized");
         let counters = self.tables.counters();
-        tracing::debug!(pid = self.pid, ?counters, "kernel counters at the end of the trace");
+        tracing::debug!(pid = self.pid, ?counters, "kernel counters");
         aggregate::build(aggregate::Inputs {
             pid: self.pid,
             command: self.command.clone(),
-            python: self.python.clone(),
-            duration,
+            python,
+            duration: self.started.elapsed(),
             stats: self.tables.stack_stats(self.pid),
             live,
+            sample_bytes: self.sample_bytes,
             counters,
             resolved: &resolver.resolved,
         })
     }
-}
-
-/// Where to probe: each of `functions` that `image` defines. Aliases (glibc's memalign and
-/// aligned_alloc share an address) are probed once.
-pub fn plan_sites(
-    image: &ElfImage,
-    functions: &[(&'static str, AllocFn)],
-) -> (Vec<ProbeSite>, Vec<&'static str>) {
-    let mut sites: Vec<ProbeSite> = Vec::new();
-    let mut missing = Vec::new();
-    for &(name, kind) in functions {
-        match image.symbol(name).and_then(|s| image.vaddr_to_offset(s.vaddr)) {
-            Some(file_offset) if sites.iter().any(|s| s.file_offset == file_offset) => {}
-            Some(file_offset) => sites.push(ProbeSite { function: name.to_string(), kind, file_offset }),
-            None if kind == AllocFn::Finalize => {} // only sharpens end-of-run numbers
-            None => missing.push(name),
-        }
-    }
-    (sites, missing)
 }
 
 fn describe(

@@ -2,16 +2,16 @@
 //! program pairs it with the returned address, walks the Python stack and records the block.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use pyleak_common::{
     AllocInfo, AllocKey, CALL_MALLOC, CALL_POSIX_MEMALIGN, CALL_REALLOC, Counter, Inflight, NewStack,
-    StackKey,
+    StackKey, sampling,
 };
 
 use crate::{
     free::forget_block,
-    maps::{INFLIGHT, LIVE_ALLOCS, NEW_STACKS, SCRATCH, STACKS, TARGETS, count},
+    maps::{INFLIGHT, LIVE_ALLOCS, NEW_STACKS, SAMPLE_BYTES, SAMPLE_TABLE, SCRATCH, STACKS, TARGETS, count},
     stats::stats_add,
     walk::walk,
 };
@@ -103,14 +103,30 @@ pub fn exit(ret: u64, ret_addr: u64) {
         return;
     }
     count(Counter::Allocs);
+    // Sampling (--sample-bytes): most small allocations stop here, before any stack walk or
+    // map update; a sampled one is recorded with what it stands for.
+    let r = SAMPLE_BYTES.load();
+    let (bytes, count_weight) = if r == 0 {
+        (call.size, 1)
+    } else {
+        // SAFETY: helper call with no preconditions.
+        let random = unsafe { bpf_get_prandom_u32() };
+        match sampling::decide(call.size, r, |k| SAMPLE_TABLE.get(k).copied(), random) {
+            Some(w) => (w.bytes, w.count),
+            None => {
+                count(Counter::Unsampled);
+                return;
+            }
+        }
+    };
     let native_caller = if call.native != 0 { ret_addr } else { 0 };
-    record(tgid, addr, call.size, native_caller);
+    record(tgid, addr, bytes, count_weight, native_caller);
 }
 
 /// Records a new block: walks the stack, interns it, adds the block to LIVE_ALLOCS and its
 /// bytes to the stack's counters. A full map loses the block, counted, never half-recorded.
 #[inline(always)]
-fn record(tgid: u32, addr: u64, size: u64, native_caller: u64) {
+fn record(tgid: u32, addr: u64, size: u64, count_weight: u64, native_caller: u64) {
     // SAFETY: read-only lookup of a plain-data value.
     let Some(target) = (unsafe { TARGETS.get(&tgid) }) else {
         count(Counter::NoTarget);
@@ -145,13 +161,13 @@ fn record(tgid: u32, addr: u64, size: u64, native_caller: u64) {
     forget_block(tgid, addr);
     // SAFETY: helper call with no preconditions.
     let timestamp_ns = unsafe { bpf_ktime_get_ns() };
-    let info = AllocInfo { size, stack_id, timestamp_ns };
+    let info = AllocInfo { size, stack_id, timestamp_ns, count_weight };
     if LIVE_ALLOCS.insert(&key, &info, BPF_ANY as u64).is_err() {
         count(Counter::LostLiveFull);
         return;
     }
     let skey = StackKey { tgid, _pad: 0, stack_id };
-    if !stats_add(&skey, size, 1, 0, 0) {
+    if !stats_add(&skey, size, count_weight, 0, 0) {
         let _ = LIVE_ALLOCS.remove(&key);
         count(Counter::LostStatsFull);
     }

@@ -38,6 +38,6 @@ pub fn forget_block(tgid: u32, addr: u64) -> bool {
         return false; // another thread freed it first (a double free in the target)
     }
     let skey = StackKey { tgid, _pad: 0, stack_id: info.stack_id };
-    stats_add(&skey, 0, 0, info.size, 1);
+    stats_add(&skey, 0, 0, info.size, info.count_weight);
     true
 }

@@ -1,29 +1,34 @@
 //! pyleak's kernel programs: uprobes on a CPython process's allocator functions.
 //!
 //! Each program is a few lines delegating to one concern: `alloc` (allocating calls),
-//! `free` (freeing calls), `walk` (the Python stack), `stats` (per-stack counters). The maps
-//! live in `maps`. Nothing here formats strings or logs: hot paths only count.
+//! `free` (freeing calls), `walk` (the Python stack), `stats` (per-stack counters), `values`
+//! (where an entry probe finds its arguments: see the attach cookie). The maps live in `maps`.
+//! No program reads the stack at `%rsp`, so the user side may place entry probes after
+//! pushes. Nothing here formats strings or logs: hot paths only count.
 #![no_std]
 #![no_main]
 
 mod alloc;
+mod exec;
 mod free;
 mod maps;
 mod stats;
+mod values;
 mod walk;
 
 use aya_ebpf::{
     EbpfContext,
     bindings::pt_regs,
-    macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use pyleak_common::CALL_MALLOC;
+use values::Values;
 
 /// `void *malloc(size_t)`, `PyObject_Malloc`, `PyMem_Malloc`, `PyMem_RawMalloc`.
 #[uprobe(multi)]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter_malloc(ctx.arg::<u64>(0).unwrap_or(0), ip(&ctx));
+    alloc::enter_malloc(Values::of(&ctx).get(0, 0), ip(&ctx));
     0
 }
 
@@ -39,8 +44,8 @@ fn ip<C: EbpfContext>(ctx: &C) -> u64 {
 /// `void *calloc(size_t nelem, size_t elsize)` and the Py* variants.
 #[uprobe(multi)]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    let nelem = ctx.arg::<u64>(0).unwrap_or(0);
-    let elsize = ctx.arg::<u64>(1).unwrap_or(0);
+    let v = Values::of(&ctx);
+    let (nelem, elsize) = (v.get(0, 0), v.get(1, 1));
     // An overflowing request fails in the allocator; saturate so it is never recorded small.
     let size = saturating_mul(nelem, elsize);
     alloc::enter(size, 0, CALL_MALLOC, ip(&ctx));
@@ -67,8 +72,8 @@ fn saturating_mul(a: u64, b: u64) -> u64 {
 /// `void *realloc(void *ptr, size_t size)` and the Py* variants.
 #[uprobe(multi)]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    let ptr = ctx.arg::<u64>(0).unwrap_or(0);
-    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    let v = Values::of(&ctx);
+    let (ptr, size) = (v.get(0, 0), v.get(1, 1));
     alloc::enter(size, ptr, pyleak_common::CALL_REALLOC, ip(&ctx));
     0
 }
@@ -76,8 +81,8 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 /// `int posix_memalign(void **memptr, size_t align, size_t size)`.
 #[uprobe(multi)]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    let memptr = ctx.arg::<u64>(0).unwrap_or(0);
-    let size = ctx.arg::<u64>(2).unwrap_or(0);
+    let v = Values::of(&ctx);
+    let (memptr, size) = (v.get(0, 0), v.get(1, 2));
     alloc::enter(size, memptr, pyleak_common::CALL_POSIX_MEMALIGN, ip(&ctx));
     0
 }
@@ -85,7 +90,7 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
 /// `void *aligned_alloc(size_t align, size_t size)`, `memalign` (same arguments).
 #[uprobe(multi)]
 pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter_malloc(ctx.arg::<u64>(1).unwrap_or(0), ip(&ctx));
+    alloc::enter_malloc(Values::of(&ctx).get(0, 1), ip(&ctx));
     0
 }
 
@@ -99,7 +104,27 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 /// `void free(void *)`, `PyObject_Free`, `PyMem_Free`, `PyMem_RawFree`.
 #[uprobe(multi)]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    free::free(ctx.arg::<u64>(0).unwrap_or(0));
+    free::free(Values::of(&ctx).get(0, 0));
+    0
+}
+
+/// Does nothing: with `--empty-programs` (benchmarks only) every entry site gets this program
+/// instead, so a run measures the trap cost alone, the floor under pyleak's own work.
+#[uprobe(multi)]
+pub fn empty_enter(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// Does nothing at the return sites (`--empty-programs`).
+#[uretprobe(multi)]
+pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
+/// `sched/sched_process_exec`: a process replaced its program (the daemon's new targets).
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    exec::announce();
     0
 }
 

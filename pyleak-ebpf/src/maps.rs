@@ -4,11 +4,12 @@ use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pyleak_common::{
-    AllocInfo, AllocKey, Counter, DEFAULT_MAX_DEPTH, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACKS, Inflight,
-    MAX_INFLIGHT, MAX_TARGETS, NEW_STACKS_RING_BYTES, PyTarget, StackCounters, StackKey, StackTrace,
+    AllocInfo, AllocKey, Counter, DEFAULT_MAX_DEPTH, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACKS,
+    EXEC_EVENTS_RING_BYTES, Inflight, MAX_INFLIGHT, MAX_TARGETS, NEW_STACKS_RING_BYTES, PyTarget,
+    StackCounters, StackKey, StackTrace, sampling,
 };
 
 /// Outstanding allocations, keyed by (tgid, address). Not preallocated: a quiet target costs
@@ -44,9 +45,22 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 #[map]
 pub static NEW_STACKS: RingBuf = RingBuf::with_byte_size(NEW_STACKS_RING_BYTES, 0);
 
+/// Processes that called execve, for the daemon's dynamic targets (only the daemon loads the
+/// program that fills it).
+#[map]
+pub static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(EXEC_EVENTS_RING_BYTES, 0);
+
 /// Room to build one `StackTrace` per CPU (it is larger than the 512-byte BPF stack).
 #[map]
 pub static SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sampling probabilities (see `pyleak_common::sampling`), filled by the loader when sampling.
+#[map]
+pub static SAMPLE_TABLE: Array<u32> = Array::with_max_entries(sampling::TABLE_LEN, 0);
+
+/// Mean sampling interval in bytes (`--sample-bytes`); 0: every allocation is recorded.
+#[unsafe(no_mangle)]
+pub static SAMPLE_BYTES: Global<u64> = Global::new(0);
 
 /// Python frames to capture per allocation (set by the loader; clamped to MAX_FRAMES).
 #[unsafe(no_mangle)]

@@ -837,6 +837,9 @@ pub struct ReportJson {
     pub duration_s: f64,
     pub totals: Totals,
     pub stacks: Vec<Stack>,
+    /// Present for sampled reports (`--sample-bytes`).
+    #[serde(default)]
+    pub sample_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

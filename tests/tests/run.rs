@@ -59,6 +59,45 @@ fn run_reports_the_leak() {
     });
 }
 
+/// `--sample-bytes 4KiB`: the report says it holds estimates, the leak's line
+/// still ranks first, and its estimated bytes and blocks fall within the
+/// bounds sampling theory gives: the exact bounds widened by four standard
+/// deviations of the estimator, sd^2 = n * s^2 (1 - p) / p with
+/// p = 1 - exp(-s/R), for n blocks of s bytes (about 3.4% here).
+#[test]
+fn run_sampled_estimates_fall_within_statistical_bounds() {
+    const R: f64 = 4096.0;
+    for_each_python(|python| {
+        let report = run_leak(python, &["--sample-bytes", "4KiB", "--group-by", "line"]);
+        report.check_contract(python, None);
+        assert_eq!(report.json.sample_bytes, Some(4096), "a sampled report must say so\n{report}");
+        assert!(
+            report.json.python.notes.iter().any(|n| n.contains("estimates")),
+            "a sampled report must note that its numbers are estimates\n{report}"
+        );
+        assert!(report.top().is_at(SCRIPT, leak_line()), "the leak's line should rank first\n{report}");
+        let path = script(SCRIPT);
+        let n = script_const(&path, "LEAK_COUNT") as f64;
+        let s = script_const(&path, "LEAK_SIZE") as f64 + 33.0; // a bytes object's header
+        let p = 1.0 - (-s / R).exp();
+        let sd = (n * s * s * (1.0 - p) / p).sqrt() as u64;
+        let (low, high) = leak_bytes_bounds();
+        assert_between(
+            report.top().outstanding_bytes,
+            low.saturating_sub(4 * sd),
+            high + 4 * sd,
+            "estimated leak bytes",
+            &report,
+        );
+        let blocks_sd = (n * (1.0 - p) / p).sqrt();
+        let blocks = report.top().outstanding_allocations as f64;
+        assert!(
+            (blocks - n).abs() < 4.0 * blocks_sd + n * 0.02,
+            "estimated leak blocks {blocks}, expected {n} within 4 sd ({blocks_sd:.0})\n{report}"
+        );
+    });
+}
+
 /// `--group-by line --top 1`: exactly one stack, the leak's line, with all
 /// of its bytes.
 #[test]
@@ -194,9 +233,10 @@ fn run_native_leak_is_charged_to_its_python_line() {
             "the malloc/free churn shows as outstanding\n{report}"
         );
         let top = report.expect_stack_at("run_native_leak.py", line);
-        let native = top.native_caller.as_ref().unwrap_or_else(|| {
-            panic!("the malloc'd blocks' stack has no native caller frame\n{report}")
-        });
+        let native = top
+            .native_caller
+            .as_ref()
+            .unwrap_or_else(|| panic!("the malloc'd blocks' stack has no native caller frame\n{report}"));
         assert!(
             native.library.contains("libffi"),
             "malloc's caller should be libffi's call trampoline, got {native:?}\n{report}"

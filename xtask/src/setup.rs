@@ -49,6 +49,9 @@ impl AptPackage {
 const APT_PACKAGES: &[AptPackage] = &[
     // One line per package.
     AptPackage::new("llvm-22-dev", "the LLVM 22 that bpf-linker links against"),
+    AptPackage::new("golang-go", "go tool pprof reads pyleak's pprof output in the tests"),
+    AptPackage::new("prometheus", "a real Prometheus server and promtool for the metrics tests"),
+    AptPackage::new("systemd", "systemd-analyze verify checks the unit file in the tests"),
 ];
 
 /// Prints one step's line.
@@ -237,7 +240,8 @@ fn apt_packages(failed: &mut Vec<String>) {
             c
         };
         run_teed(&mut apt(&["update", "-q"]))?;
-        run_teed(apt(&["install", "-y", "-q"]).args(&list))
+        // Recommends would add node-exporter and dozens of packages nothing here uses.
+        run_teed(apt(&["install", "-y", "-q", "--no-install-recommends"]).args(&list))
     })();
     for p in &missing {
         match (&installed, dpkg_installed(p.name, p.why)) {
