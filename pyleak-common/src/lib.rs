@@ -10,6 +10,10 @@ pub mod sampling;
 /// Hard upper bound on Python frames captured per allocation (the kernel loop bound).
 /// The effective depth is the loader-set global [`GLOBAL_MAX_DEPTH`], at most this.
 pub const MAX_FRAMES: usize = 128;
+/// Bytes of a frame the kernel reads at once: every frame field it needs (back link, code,
+/// position, owner) lies in the frame's first `FRAME_WINDOW` bytes in every supported
+/// version; the user side refuses a layout where one would not.
+pub const FRAME_WINDOW: usize = 128;
 /// Default capture depth when the user does not choose one.
 pub const DEFAULT_MAX_DEPTH: u32 = 64;
 

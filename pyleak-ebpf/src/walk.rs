@@ -3,11 +3,12 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
+    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
+    generated::bpf_loop,
 };
 use pyleak_common::{
-    ABSENT, Counter, INSTR_I32, MAX_FRAMES, PyTarget, STACK_NO_PYTHON, STACK_READ_ERROR, STACK_TRUNCATED,
-    StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
+    ABSENT, Counter, FRAME_WINDOW, INSTR_I32, MAX_FRAMES, PyTarget, STACK_NO_PYTHON, STACK_READ_ERROR,
+    STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
 };
 
 use crate::maps::{FSBASE_OFFSET, MAX_DEPTH, count};
@@ -214,30 +215,77 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// One frame: its caller, and its (code, position, first line) unless it is a shim to skip.
+///
+/// The frame's fields all lie in its first [`FRAME_WINDOW`] bytes (the user side checks every
+/// layout), so they come from one read of that window: one helper call per frame instead of
+/// four, the largest cost of a walk. A window that cannot be read whole (a frame at the very
+/// end of a mapping) is read field by field.
 #[inline(always)]
 fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>), ()> {
-    let back: u64 = read(at(frame, t.frame_back))?;
+    let mut buf = [0u8; FRAME_WINDOW];
+    // SAFETY: bpf_probe_read_user validates the source and fills the stack buffer.
+    if unsafe { bpf_probe_read_user_buf(frame as *const u8, &mut buf) }.is_err() {
+        return read_frame_fields(t, frame);
+    }
+    let back = word(&buf, t.frame_back)?;
     if t.frame_owner != ABSENT {
         // C (3.12+): frame->owner >= FRAME_OWNED_BY_CSTACK marks an entry shim.
-        let owner: u8 = read(at(frame, t.frame_owner))?;
+        let owner = *buf.get(t.frame_owner as u32 as usize).ok_or(())?;
         if owner as u32 >= t.owner_skip_min {
             return Ok((back, None));
         }
     }
     // C: frame->f_code (3.8–3.12) / frame->f_executable (3.13+, tagged in 3.14).
+    let code = word(&buf, t.frame_code)? & t.code_mask;
+    if code == 0 || code == t.skip_code {
+        return Ok((back, None));
+    }
+    let raw = word(&buf, t.frame_instr)?;
+    let instr = if t.instr_kind == INSTR_I32 {
+        // C: frame->f_lasti (the low half of the word: little endian).
+        raw as u32
+    } else {
+        // C: frame->prev_instr (3.11–3.12) / frame->instr_ptr (3.13+), kept relative to the
+        // code object so that it fits in 32 bits.
+        raw.wrapping_sub(code) as u32
+    };
+    // C: code->co_firstlineno, the fingerprint of this code object.
+    let first_line = read::<u32>(at(code, t.code_first_line))?;
+    Ok((back, Some((code, instr, first_line))))
+}
+
+/// The 8 bytes at `offset` in a frame window (little endian).
+#[inline(always)]
+fn word(buf: &[u8; FRAME_WINDOW], offset: i32) -> Result<u64, ()> {
+    let o = offset as u32 as usize; // a negative offset becomes huge and fails the check
+    if o > FRAME_WINDOW - 8 {
+        return Err(());
+    }
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&buf[o..o + 8]);
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// [`read_frame`], one field at a time. Inlined: a BPF subprogram returning a Rust enum gets
+/// BTF the kernel refuses, and bpf_loop needs the object's BTF.
+#[inline(always)]
+fn read_frame_fields(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>), ()> {
+    let back: u64 = read(at(frame, t.frame_back))?;
+    if t.frame_owner != ABSENT {
+        let owner: u8 = read(at(frame, t.frame_owner))?;
+        if owner as u32 >= t.owner_skip_min {
+            return Ok((back, None));
+        }
+    }
     let code: u64 = read::<u64>(at(frame, t.frame_code))? & t.code_mask;
     if code == 0 || code == t.skip_code {
         return Ok((back, None));
     }
     let instr = if t.instr_kind == INSTR_I32 {
-        // C: frame->f_lasti.
         read::<i32>(at(frame, t.frame_instr))? as u32
     } else {
-        // C: frame->prev_instr (3.11–3.12) / frame->instr_ptr (3.13+), kept relative to the
-        // code object so that it fits in 32 bits.
         read::<u64>(at(frame, t.frame_instr))?.wrapping_sub(code) as u32
     };
-    // C: code->co_firstlineno, the fingerprint of this code object.
     let first_line = read::<u32>(at(code, t.code_first_line))?;
     Ok((back, Some((code, instr, first_line))))
 }

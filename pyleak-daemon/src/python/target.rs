@@ -31,6 +31,18 @@ pub fn offsets(layout: &Layout) -> PyTarget {
 
 pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
     let mut t = offsets(layout);
+    // The kernel reads each frame's fields from one window of FRAME_WINDOW bytes (8 per
+    // field, the owner byte included).
+    for (field, offset) in
+        [("back", t.frame_back), ("code", t.frame_code), ("instr", t.frame_instr), ("owner", t.frame_owner)]
+    {
+        if offset != ABSENT && !(0..=(pyleak_common::FRAME_WINDOW as i32 - 8)).contains(&offset) {
+            bail!(
+                "frame field {field} at offset {offset} lies outside the {} bytes pyleak reads per frame",
+                pyleak_common::FRAME_WINDOW
+            );
+        }
+    }
     let runtime = interp.image.symbol("_PyRuntime").map(|s| interp.bias + s.vaddr);
     match (runtime, pthread_specific_offset()) {
         (Some(runtime), Some(offset)) => {
