@@ -1,10 +1,11 @@
 //! `cargo xtask`: the project tasks cargo alone cannot do.
 //!
 //! `setup` installs the two Rust toolchains, LLVM 22 and bpf-linker and checks the host;
-//! `build`, `test`, `demo` and `lint` run setup's checks first, so each works on a fresh
-//! machine. Plain `cargo build` works too once setup has run (pyleak-daemon's build.rs compiles
+//! `build`, `test`, `demo`, `bench` and `lint` run setup's checks first, so each works on a
+//! fresh machine. Plain `cargo build` works too once setup has run (pyleak-daemon's build.rs compiles
 //! the eBPF crate). xtask's own messages go to stderr; stdout carries only what a task produces
 //! (the binary path from `build`, pyleak's report from `demo`, cargo's own output).
+mod bench;
 mod cmd;
 mod host;
 mod setup;
@@ -25,7 +26,7 @@ use clap::{Parser, Subcommand};
     subcommand_value_name = "TASK",
     subcommand_help_heading = "Tasks",
     after_help = "Run from anywhere in the repository as `cargo xtask <TASK>`. `test` and `demo` \
-                  need root (uprobes need CAP_SYS_ADMIN)."
+                  need root (uprobes need CAP_SYS_ADMIN), and so does `bench`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -69,6 +70,22 @@ enum Task {
     /// with `pyleak trace --pid PID --duration 6 --top 5` and prints the five stacks holding the
     /// most memory, the leak first.
     Demo,
+    /// Measure what tracing costs: pyleak's modes, tracemalloc and memray; write
+    /// docs/BENCHMARKS.md, as root
+    ///
+    /// Runs setup, refuses unless this host can load eBPF programs, builds target/release/pyleak,
+    /// and makes a venv in the target directory (bench/venv) from the newest pyenv CPython 3.12
+    /// with pyperformance, pyperf and memray from PyPI (pinned; skipped when present). Then runs
+    /// pyperformance's float, json_dumps, deepcopy, raytrace, richards and go, and a leaking
+    /// request handler (xtask/bench/leak.py), under every mode: no tracing, pyleak exact,
+    /// pyleak --no-planner, pyleak --sample-bytes 512KiB, pyleak --empty-programs (the floor),
+    /// tracemalloc with 1 and 25 frames, memray with and without --trace-python-allocators.
+    /// Modes are interleaved within each round; medians over --runs rounds. Also measures
+    /// pyleak's memory with 1,000,000 objects outstanding and whether each pyleak mode finds the
+    /// leak. Writes the tables, the machine and this command to docs/BENCHMARKS.md. With every
+    /// mode and 5 rounds it takes about half an hour on 2 cores. Refuses to start when the
+    /// built pyleak lacks a selected mode's flag; leave that mode out with --modes.
+    Bench(bench::Args),
     /// Check formatting (cargo fmt --check) and lints (clippy -D warnings)
     Lint,
 }
@@ -98,6 +115,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Demo => demo(),
+        Task::Bench(args) => bench::bench(&args),
         Task::Lint => lint(),
     }
 }
