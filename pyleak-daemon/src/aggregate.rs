@@ -50,6 +50,7 @@ pub fn build(inp: Inputs<'_>) -> Report {
                 outstanding_bytes,
                 outstanding_allocations,
                 allocated_bytes: c.allocated_bytes,
+                allocated_allocations: c.allocations / count_one,
                 frames,
                 truncated,
                 native_caller: inp.resolved.get(id).and_then(|r| r.native.clone()),

@@ -23,11 +23,9 @@
 //! - [`pprof`]: gzipped `profile.proto` (github.com/google/pprof, `proto/profile.proto`) for
 //!   `go tool pprof` and the tools that read Go heap profiles. Sample types, in order:
 //!   `inuse_space`/bytes (the default), `inuse_objects`/count, `alloc_space`/bytes and
-//!   `alloc_objects`/count. **`alloc_objects` holds the outstanding count, like
-//!   `inuse_objects`**: the report keeps allocated *bytes* per stack but no allocated *count*
-//!   (the kernel counts it, in `StackCounters::allocations`, but `model::StackStats` does not
-//!   carry it yet), and the profile's comments say so. `alloc_space` covers only the stacks
-//!   that still hold memory: `report::shape` drops fully freed ones.
+//!   `alloc_objects`/count (allocations since tracing began, freed or not). `alloc_space` and
+//!   `alloc_objects` cover only the stacks that still hold memory: `report::shape` drops fully
+//!   freed ones, and the profile's comments say so.
 //!
 //! Each distinct (qualname, file) is a pprof Function (`name` the qualname, `system_name`
 //! the bare name, see [`system_name`]; the native caller's `filename` is its library), each
@@ -303,25 +301,19 @@ const SAMPLE_TYPES: [(&str, &str); 4] = [
     ("alloc_objects", "count"),
 ];
 
-/// A sample's values, in [`SAMPLE_TYPES`] order. `alloc_objects` is the outstanding count: the
-/// report has no allocated count per stack (module docs).
+/// A sample's values, in [`SAMPLE_TYPES`] order.
 fn sample_values(stack: &StackStats) -> [i64; 4] {
     [
         stack.outstanding_bytes,
         stack.outstanding_allocations,
         stack.allocated_bytes,
-        stack.outstanding_allocations,
+        stack.allocated_allocations,
     ]
     .map(int64)
 }
 
-/// The profile's comment on `alloc_objects` (`go tool pprof -comments` shows it).
-const ALLOC_OBJECTS_NOTE: &str = concat!(
-    "alloc_objects is the outstanding count (inuse_objects): ",
-    "pyleak's report has no allocation count per stack"
-);
-/// The profile's comment on `alloc_space`.
-const ALLOC_SPACE_NOTE: &str = "alloc_space covers only the stacks that still hold memory";
+/// The profile's comment on `alloc_space`/`alloc_objects` (`go tool pprof -comments`).
+const ALLOC_SPACE_NOTE: &str = "alloc_space and alloc_objects cover only the stacks that still hold memory";
 
 /// The id of the one Mapping.
 const MAPPING_ID: u64 = 1;
@@ -439,7 +431,6 @@ fn profile(report: &Report, now: SystemTime) -> Vec<u8> {
     let mut comments = vec![
         title(report),
         clean(&format!("Python {}", or_unknown(&report.python.version))),
-        ALLOC_OBJECTS_NOTE.to_string(),
         ALLOC_SPACE_NOTE.to_string(),
     ];
     comments.extend(report.python.notes.iter().map(|n| clean(n)));
@@ -560,6 +551,7 @@ mod tests {
             "outstanding_bytes": outstanding,
             "outstanding_allocations": count,
             "allocated_bytes": allocated,
+            "allocated_allocations": count,
             "frames": frames,
         }))
         .expect("a StackStats")
@@ -944,7 +936,7 @@ mod tests {
             assert_eq!(d.strings.iter().filter(|t| *t == s).count(), 1, "{s:?} once in {:?}", d.strings);
         }
         assert!(d.comments.contains(&"pyleak: pid 4242 (python app.py)".to_string()), "{:?}", d.comments);
-        assert!(d.comments.iter().any(|c| c.starts_with("alloc_objects is the outstanding count")));
+        assert!(d.comments.iter().any(|c| c.starts_with("alloc_space and alloc_objects cover only")));
     }
 
     fn native(function: &str, offset: u64) -> NativeFrame {

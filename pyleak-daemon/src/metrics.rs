@@ -633,6 +633,7 @@ mod tests {
             outstanding_bytes: outstanding,
             outstanding_allocations: outstanding / 8,
             allocated_bytes: outstanding * 2,
+            allocated_allocations: outstanding / 4,
             frames,
             truncated: false,
             native_caller: None,

@@ -37,6 +37,9 @@ pub struct StackStats {
     pub outstanding_allocations: u64,
     /// Bytes allocated by this stack since tracing began, freed or not.
     pub allocated_bytes: u64,
+    /// Allocations made by this stack since tracing began, freed or not.
+    #[serde(default)]
+    pub allocated_allocations: u64,
     /// Innermost first: `frames[0]` is the line that allocated.
     pub frames: Vec<Frame>,
     /// The capture stopped at the depth limit; outer frames are missing.

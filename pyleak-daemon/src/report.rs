@@ -278,6 +278,8 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
                 sums.outstanding_allocations =
                     sums.outstanding_allocations.saturating_add(stack.outstanding_allocations);
                 sums.allocated_bytes = sums.allocated_bytes.saturating_add(stack.allocated_bytes);
+                sums.allocated_allocations =
+                    sums.allocated_allocations.saturating_add(stack.allocated_allocations);
                 sums.truncated |= stack.truncated;
                 // The larger contributor names the group; equal ones: the smaller frame, so the
                 // result does not depend on the order of `report.stacks`.
@@ -295,6 +297,7 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
                         outstanding_bytes: stack.outstanding_bytes,
                         outstanding_allocations: stack.outstanding_allocations,
                         allocated_bytes: stack.allocated_bytes,
+                        allocated_allocations: stack.allocated_allocations,
                         frames: shown_frames,
                         truncated: stack.truncated,
                         // Only whole stacks keep the C caller; other groupings mix callers.
@@ -513,6 +516,7 @@ mod tests {
             outstanding_bytes: outstanding,
             outstanding_allocations: count,
             allocated_bytes: allocated,
+            allocated_allocations: count,
             frames,
             truncated: false,
             native_caller: None,
@@ -946,7 +950,13 @@ mod tests {
         let first = &v["stacks"][0];
         assert_eq!(
             keys(first),
-            ["allocated_bytes", "frames", "outstanding_allocations", "outstanding_bytes"]
+            [
+                "allocated_allocations",
+                "allocated_bytes",
+                "frames",
+                "outstanding_allocations",
+                "outstanding_bytes"
+            ]
         );
         assert_eq!(first["outstanding_bytes"], 1000);
         assert_eq!(keys(&first["frames"][0]), ["file", "function", "line", "qualname"]);

@@ -864,6 +864,8 @@ pub struct Stack {
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
     pub allocated_bytes: u64,
+    /// Allocations made by the stack during the trace, freed or not.
+    pub allocated_allocations: u64,
     /// Innermost first: `frames[0]` is the allocating line.
     pub frames: Vec<Frame>,
     #[serde(default)]
@@ -1039,6 +1041,10 @@ impl Report {
             assert!(
                 stack.allocated_bytes >= stack.outstanding_bytes,
                 "stack #{rank}: outstanding_bytes > allocated_bytes\n{self}"
+            );
+            assert!(
+                stack.allocated_allocations >= stack.outstanding_allocations,
+                "stack #{rank}: outstanding_allocations > allocated_allocations\n{self}"
             );
         }
         let sum: u64 = json.stacks.iter().map(|s| s.outstanding_bytes).sum();
