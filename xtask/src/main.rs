@@ -83,7 +83,7 @@ enum Task {
     /// Modes are interleaved within each round; medians over --runs rounds. Also measures
     /// pyleak's memory with 1,000,000 objects outstanding and whether each pyleak mode finds the
     /// leak. Writes the tables, the machine and this command to docs/BENCHMARKS.md. With every
-    /// mode and 5 rounds it takes about half an hour on 2 cores. Refuses to start when the
+    /// mode and 5 rounds it takes about 40 minutes on 2 cores. Refuses to start when the
     /// built pyleak lacks a selected mode's flag; leave that mode out with --modes.
     Bench(bench::Args),
     /// Check formatting (cargo fmt --check) and lints (clippy -D warnings)

@@ -359,7 +359,8 @@ fn method(s: &mut String, r: &Results) {
          (`<site-packages>/pyperformance/data-files/benchmarks/bm_NAME/run_benchmark.py`), each run\n  \
          in-process with `--worker --loops N --warmups 0 --values 1` (pyperf's manager would run the\n  \
          work in a child process), and `xtask/bench/leak.py`, a request handler that leaks one\n  \
-         response per request amid churn. Loops: {}.\n\
+         response per request amid churn.\n  \
+         Loops: {}.\n\
          - **What is timed.** `xtask/bench/wrapper.py` compiles the program, then waits on stdin; the\n  \
          tracer attaches (pyleak prints `pyleak: attached to pid ...`); the wrapper is released and\n  \
          prints the wall time of the program's own execution. Interpreter start-up, attaching,\n  \
