@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     config::{Config, ConfigError, DEFAULT_PATH as DEFAULT_CONFIG, ProcInfo, Target},
-    discovery::{self, TargetError},
+    discovery::TargetError,
     exec_watch::ExecWatcher,
     http,
     metrics::{AttachFailure, AttachFailures},
@@ -261,8 +261,8 @@ fn attach_pending(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>
     let pids: Vec<u32> = pending.keys().copied().collect();
     for pid in pids {
         let p = &pending[&pid];
-        let (deadline, start_time) = (p.deadline, p.start_time);
-        if start_time_now(pid) != Some(start_time) {
+        let (deadline, started) = (p.deadline, p.start_time);
+        if start_time(pid) != Some(started) {
             pending.remove(&pid); // gone (or replaced) before we got to it
             continue;
         }
@@ -307,7 +307,10 @@ fn attach_pending(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>
                 );
                 let mut st = state.lock().expect("state poisoned");
                 st.failed.remove(&pid);
-                st.tracked.insert(pid, Tracked { session, info, start_time, attached_at: SystemTime::now() });
+                st.tracked.insert(
+                    pid,
+                    Tracked { session, info, start_time: started, attached_at: SystemTime::now() },
+                );
             }
             Err(e) => {
                 let reason = classify(&e);
@@ -320,7 +323,8 @@ fn attach_pending(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>
                 tracing::warn!(pid, comm = %info.comm, reason = reason.as_str(), "cannot attach: {message}");
                 let mut st = state.lock().expect("state poisoned");
                 st.failures.record(reason);
-                st.failed.insert(pid, Failed { start_time, comm: info.comm.clone(), reason, message });
+                st.failed
+                    .insert(pid, Failed { start_time: started, comm: info.comm.clone(), reason, message });
             }
         }
     }
@@ -333,7 +337,7 @@ fn release_exited(state: &Arc<Mutex<State>>) {
         let pids: Vec<u32> = st
             .tracked
             .iter()
-            .filter(|(pid, t)| start_time_now(**pid) != Some(t.start_time))
+            .filter(|(pid, t)| start_time(**pid) != Some(t.start_time))
             .map(|(pid, _)| *pid)
             .collect();
         pids.into_iter().filter_map(|pid| st.tracked.remove(&pid).map(|t| (pid, t))).collect()
@@ -344,7 +348,7 @@ fn release_exited(state: &Arc<Mutex<State>>) {
     }
     // Failures of processes that are gone are forgotten (their pids will be reused).
     let mut st = state.lock().expect("state poisoned");
-    st.failed.retain(|pid, f| start_time_now(*pid) == Some(f.start_time));
+    st.failed.retain(|pid, f| start_time(*pid) == Some(f.start_time));
 }
 
 /// Maps an attach error to the `reason` label of `pyleak_attach_failures_total`.
@@ -383,10 +387,6 @@ pub fn start_time(pid: u32) -> Option<u64> {
         return None;
     }
     fields.get(19)?.parse().ok()
-}
-
-fn start_time_now(pid: u32) -> Option<u64> {
-    if discovery::process_exists(pid) { start_time(pid) } else { None }
 }
 
 fn wait_readable(fd: i32, timeout: Duration) {

@@ -14,7 +14,7 @@ use pyleak_common::{
     PROG_SCHED_PROCESS_EXEC,
 };
 
-use crate::probes::{EBPF_OBJECT, ProbeError, has_sys_admin};
+use crate::probes::{EBPF_OBJECT, check_loadable};
 
 pub struct ExecWatcher {
     /// Keeps the program and its link alive.
@@ -24,12 +24,7 @@ pub struct ExecWatcher {
 
 impl ExecWatcher {
     pub fn start() -> Result<ExecWatcher> {
-        if EBPF_OBJECT.is_empty() {
-            return Err(ProbeError::NoKernelObject.into());
-        }
-        if !has_sys_admin() {
-            return Err(ProbeError::MissingCapability.into());
-        }
+        check_loadable()?;
         let page = 4096;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_LIVE_ALLOCS, 1)

@@ -127,6 +127,18 @@ fn effective_caps() -> Option<u64> {
     u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
 }
 
+/// Fails early, with the remedy, when no kernel program can be loaded: a build without the
+/// kernel object, or a process without CAP_SYS_ADMIN.
+pub fn check_loadable() -> Result<(), ProbeError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(ProbeError::NoKernelObject);
+    }
+    if !has_sys_admin() {
+        return Err(ProbeError::MissingCapability);
+    }
+    Ok(())
+}
+
 /// The loaded programs and their maps.
 pub struct Probes {
     ebpf: Ebpf,
@@ -149,12 +161,7 @@ impl Probes {
     /// Loads and verifies the kernel programs. Fails with `ProbeError::MissingCapability`
     /// before trying when the capability is plainly absent.
     pub fn load(opts: LoadOptions) -> Result<(Probes, Tables, RingBuf<MapData>)> {
-        if EBPF_OBJECT.is_empty() {
-            return Err(ProbeError::NoKernelObject.into());
-        }
-        if !has_sys_admin() {
-            return Err(ProbeError::MissingCapability.into());
-        }
+        check_loadable()?;
         let fsbase = btf::task_fsbase_offset().context(
             "finding task_struct.thread.fsbase in the kernel's BTF (needed to read thread-local state)",
         )?;

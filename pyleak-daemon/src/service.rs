@@ -51,9 +51,9 @@ pub fn dump(daemon: Option<&str>, pid: u32, rep: &ReportArgs) -> Result<()> {
 pub fn report_query(pid: u32, rep: &ReportArgs) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
     q.append_pair("pid", &pid.to_string());
-    q.append_pair("format", value_name(rep.format));
+    q.append_pair("format", &value_name(rep.format));
     if rep.group_by != GroupBy::default() {
-        q.append_pair("group_by", value_name(rep.group_by));
+        q.append_pair("group_by", &value_name(rep.group_by));
     }
     if let Some(top) = rep.top {
         q.append_pair("top", &top.to_string());
@@ -73,10 +73,8 @@ pub fn report_query(pid: u32, rep: &ReportArgs) -> String {
     q.finish()
 }
 
-fn value_name<T: clap::ValueEnum>(v: T) -> &'static str {
-    let name = v.to_possible_value().expect("no skipped variants").get_name().to_string();
-    // The set of names is small and fixed; leaking one string per call site is bounded.
-    Box::leak(name.into_boxed_str())
+fn value_name<T: clap::ValueEnum>(v: T) -> String {
+    v.to_possible_value().expect("no skipped variants").get_name().to_string()
 }
 
 /// `http://<listen of /etc/pyleak/pyleak.toml>`, else the default address.
