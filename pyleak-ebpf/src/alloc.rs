@@ -156,13 +156,20 @@ fn record(tgid: u32, addr: u64, size: u64, count_weight: u64, native_caller: u64
     }
 
     let key = AllocKey { tgid, _pad: 0, addr };
-    // A block already recorded at this address was freed by a path pyleak does not see;
-    // retire it so its bytes do not stay outstanding forever.
-    forget_block(tgid, addr);
     // SAFETY: helper call with no preconditions.
     let timestamp_ns = unsafe { bpf_ktime_get_ns() };
     let info = AllocInfo { size, stack_id, timestamp_ns, count_weight };
-    if LIVE_ALLOCS.insert(&key, &info, BPF_ANY as u64).is_err() {
+    // Insert first: the usual case is a new address, so this costs one hash walk. A block
+    // already recorded at this address was freed by a path pyleak does not see: retire it
+    // so its bytes do not stay outstanding forever, then record the new one.
+    let inserted = match LIVE_ALLOCS.insert(&key, &info, BPF_NOEXIST as u64) {
+        Err(e) if e == -(EEXIST as i32) => {
+            forget_block(tgid, addr);
+            LIVE_ALLOCS.insert(&key, &info, BPF_ANY as u64)
+        }
+        other => other,
+    };
+    if inserted.is_err() {
         count(Counter::LostLiveFull);
         return;
     }

@@ -3,12 +3,11 @@
 //! planner named in the attach cookie (a probe placed past the first instruction, or on an
 //! allocator-table implementation such as `_PyObject_Malloc(void *ctx, size_t n)`, whose first
 //! argument is a context). See `pyleak_common::entry_cookie`.
-use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_probe_read_kernel_buf, generated::bpf_get_attach_cookie},
-    programs::ProbeContext,
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_attach_cookie, programs::ProbeContext};
+use pyleak_common::{
+    PT_R8, PT_R9, PT_R10, PT_R11, PT_R12, PT_R13, PT_R14, PT_R15, PT_RAX, PT_RBP, PT_RBX, PT_RCX, PT_RDI,
+    PT_RDX, PT_RSI, cookie_word,
 };
-use pyleak_common::{PT_REGS_WORDS, cookie_word};
 
 /// The values of one entry probe hit.
 pub struct Values<'a> {
@@ -30,21 +29,33 @@ impl<'a> Values<'a> {
         let Some(word) = cookie_word(self.cookie, i) else {
             return self.ctx.arg::<u64>(abi_arg).unwrap_or(0);
         };
-        // A context field cannot be loaded at a variable offset: copy the saved registers
-        // (168 bytes) to the stack and index there.
-        let mut regs = [0u64; PT_REGS_WORDS as usize];
-        // SAFETY: the destination is this stack array, viewed as bytes; the helper checks the
-        // source (the kernel's pt_regs of this probe hit).
-        let copied = unsafe {
-            let bytes = core::slice::from_raw_parts_mut(
-                regs.as_mut_ptr().cast::<u8>(),
-                core::mem::size_of_val(&regs),
-            );
-            bpf_probe_read_kernel_buf(self.ctx.regs as *const u8, bytes)
-        };
-        if copied.is_err() {
-            return 0; // cannot happen for a live probe context; 0 is ignored as a pointer
+        let regs = self.ctx.regs;
+        // A context field cannot be loaded at a variable offset, so each word is its own
+        // constant-offset load. Volatile keeps LLVM from merging the arms into one load at a
+        // computed offset, which the verifier would refuse.
+        // SAFETY: a uprobe's context is the trapped thread's saved registers; every arm reads
+        // one field of it.
+        unsafe {
+            let field = |p: *const u64| core::ptr::read_volatile(p);
+            match word as u8 {
+                PT_R15 => field(&raw const (*regs).r15),
+                PT_R14 => field(&raw const (*regs).r14),
+                PT_R13 => field(&raw const (*regs).r13),
+                PT_R12 => field(&raw const (*regs).r12),
+                PT_RBP => field(&raw const (*regs).rbp),
+                PT_RBX => field(&raw const (*regs).rbx),
+                PT_R11 => field(&raw const (*regs).r11),
+                PT_R10 => field(&raw const (*regs).r10),
+                PT_R9 => field(&raw const (*regs).r9),
+                PT_R8 => field(&raw const (*regs).r8),
+                PT_RAX => field(&raw const (*regs).rax),
+                PT_RCX => field(&raw const (*regs).rcx),
+                PT_RDX => field(&raw const (*regs).rdx),
+                PT_RSI => field(&raw const (*regs).rsi),
+                PT_RDI => field(&raw const (*regs).rdi),
+                // The planner names general-purpose registers only; 0 is ignored as a pointer.
+                _ => 0,
+            }
         }
-        regs.get(word as usize).copied().unwrap_or(0)
     }
 }

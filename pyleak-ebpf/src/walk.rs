@@ -1,10 +1,10 @@
 //! Walking the calling thread's Python frames, driven by the per-process `PyTarget` offsets
 //! (versions differ only in data, never in code here).
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
-    generated::bpf_loop,
+    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+    generated::{self as helper, bpf_loop},
 };
 use pyleak_common::{
     ABSENT, Counter, FRAME_WINDOW, INSTR_I32, MAX_FRAMES, PyTarget, STACK_NO_PYTHON, STACK_READ_ERROR,
@@ -222,12 +222,19 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// end of a mapping) is read field by field.
 #[inline(always)]
 fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>), ()> {
-    let mut buf = [0u8; FRAME_WINDOW];
-    // SAFETY: bpf_probe_read_user validates the source and fills the stack buffer.
-    if unsafe { bpf_probe_read_user_buf(frame as *const u8, &mut buf) }.is_err() {
+    // Not zeroed first: clearing 128 bytes of BPF stack costs as much as reading them.
+    let mut window = MaybeUninit::<[u8; FRAME_WINDOW]>::uninit();
+    // SAFETY: the helper validates the source and, on success, fills the whole destination
+    // (on failure it zeroes it); the verifier accepts uninitialized stack for it.
+    let filled = unsafe {
+        helper::bpf_probe_read_user(window.as_mut_ptr().cast(), FRAME_WINDOW as u32, frame as *const c_void)
+    };
+    if filled != 0 {
         return read_frame_fields(t, frame);
     }
-    let back = word(&buf, t.frame_back)?;
+    // SAFETY: filled above.
+    let buf = unsafe { window.assume_init_ref() };
+    let back = word(buf, t.frame_back)?;
     if t.frame_owner != ABSENT {
         // C (3.12+): frame->owner >= FRAME_OWNED_BY_CSTACK marks an entry shim.
         let owner = *buf.get(t.frame_owner as u32 as usize).ok_or(())?;
@@ -236,11 +243,11 @@ fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>)
         }
     }
     // C: frame->f_code (3.8–3.12) / frame->f_executable (3.13+, tagged in 3.14).
-    let code = word(&buf, t.frame_code)? & t.code_mask;
+    let code = word(buf, t.frame_code)? & t.code_mask;
     if code == 0 || code == t.skip_code {
         return Ok((back, None));
     }
-    let raw = word(&buf, t.frame_instr)?;
+    let raw = word(buf, t.frame_instr)?;
     let instr = if t.instr_kind == INSTR_I32 {
         // C: frame->f_lasti (the low half of the word: little endian).
         raw as u32
