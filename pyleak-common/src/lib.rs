@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_LIVE_ALLOCS: u32 = 1 << 20;
 pub const DEFAULT_MAX_STACKS: u32 = 32 * 1024;
 /// Capacity of [`MAP_INFLIGHT`]: threads inside an allocator call at the same moment.
 pub const MAX_INFLIGHT: u32 = 16 * 1024;
-/// Capacity of [`MAP_TARGETS`]: processes traced at once.
+/// Processes traced at once (each gets its own kernel object, with one [`MAP_TARGETS`] slot).
 pub const MAX_TARGETS: u32 = 1024;
 /// Size in bytes of the [`MAP_NEW_STACKS`] ring buffer (must be a power of two page multiple).
 pub const NEW_STACKS_RING_BYTES: u32 = 1024 * 1024;
@@ -341,6 +341,10 @@ pub struct PyTarget {
     /// caller is recorded (see [`StackTrace::native_caller`]). Both 0: none recorded.
     pub native_lo: u64,
     pub native_hi: u64,
+    /// The traced process. [`MAP_TARGETS`] has one slot (each traced process gets its own
+    /// kernel object): a program that finds another tgid there ignores the call.
+    pub tgid: u32,
+    pub _pad: u32,
 }
 
 /// Indices into [`MAP_COUNTERS`]. Every failure the kernel side can meet is counted; the

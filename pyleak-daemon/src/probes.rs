@@ -142,7 +142,8 @@ pub fn check_loadable() -> Result<(), ProbeError> {
 /// The loaded programs and their maps.
 pub struct Probes {
     ebpf: Ebpf,
-    targets: HashMap<MapData, u32, PyTarget>,
+    /// One slot: this object's traced process (see `PyTarget::tgid`).
+    targets: Array<MapData, PyTarget>,
     inflight: HashMap<MapData, u64, Inflight>,
     /// Attached links per pid, to detach one process without touching others.
     links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
@@ -199,7 +200,7 @@ impl Probes {
                 table.set(k as u32, &p, 0).context("filling the sampling table")?;
             }
         }
-        let targets = HashMap::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
+        let targets = Array::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
         let inflight = HashMap::try_from(take(&mut ebpf, MAP_INFLIGHT)?)?;
         let tables = Tables {
             stacks: HashMap::try_from(take(&mut ebpf, MAP_STACKS)?)?,
@@ -214,15 +215,15 @@ impl Probes {
 
     /// Whether the kernel side saw `pid` enter `Py_FinalizeEx`.
     pub fn finalizing(&self, pid: u32) -> bool {
-        self.targets.get(&pid, 0).is_ok_and(|t| t.finalizing != 0)
+        self.targets.get(&0, 0).is_ok_and(|t| t.tgid == pid && t.finalizing != 0)
     }
 
-    /// Registers a process with the kernel side (before attaching, so no call is missed).
+    /// Registers the process with the kernel side (before attaching, so no call is missed).
+    /// An object traces one process: a second one replaces the first.
     pub fn add_target(&mut self, pid: u32, target: &PyTarget) -> Result<()> {
         self.clear_inflight(pid);
-        self.targets
-            .insert(&pid, target, 0)
-            .with_context(|| format!("registering pid {pid} with the kernel side"))
+        let target = PyTarget { tgid: pid, ..*target };
+        self.targets.set(0, &target, 0).with_context(|| format!("registering pid {pid} with the kernel side"))
     }
 
     /// Attaches the programs for each site of `file` (a path reaching the target's file),
@@ -284,7 +285,9 @@ impl Probes {
                 tracing::warn!(pid, program = name, "detaching: {e}");
             }
         }
-        let _ = self.targets.remove(&pid);
+        if self.targets.get(&0, 0).is_ok_and(|t| t.tgid == pid) {
+            let _ = self.targets.set(0, &PyTarget::default(), 0);
+        }
         self.clear_inflight(pid);
     }
 

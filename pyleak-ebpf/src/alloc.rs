@@ -11,7 +11,10 @@ use pyleak_common::{
 
 use crate::{
     free::forget_block,
-    maps::{INFLIGHT, LIVE_ALLOCS, NEW_STACKS, SAMPLE_BYTES, SAMPLE_TABLE, SCRATCH, STACKS, TARGETS, count},
+    maps::{
+        INFLIGHT, LIVE_ALLOCS, NEW_STACKS, SAMPLE_BYTES, SAMPLE_TABLE, SCRATCH, STACKS, TARGETS, count,
+        target,
+    },
     stats::stats_add,
     walk::walk,
 };
@@ -23,8 +26,7 @@ use crate::{
 pub fn enter(size: u64, old_ptr: u64, kind: u32, ip: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: read-only lookup of a plain-data value.
-    let native = match unsafe { TARGETS.get(&tgid) } {
+    let native = match target(tgid) {
         None => {
             count(Counter::NoTarget);
             return;
@@ -35,12 +37,19 @@ pub fn enter(size: u64, old_ptr: u64, kind: u32, ip: u64) {
         }
         Some(t) => (ip >= t.native_lo && ip < t.native_hi) as u32,
     };
-    if let Some(call) = INFLIGHT.get_ptr_mut(&pid_tgid) {
+    let call = Inflight { size, old_ptr, depth: 1, kind, native, _pad: 0 };
+    if let Some(record) = INFLIGHT.get_ptr_mut(&pid_tgid) {
         // SAFETY: per-thread entry; only this thread touches it.
-        unsafe { (*call).depth += 1 };
+        unsafe {
+            if (*record).depth > 0 {
+                (*record).depth += 1; // nested: only the outermost call is recorded
+            } else {
+                *record = call;
+            }
+        }
         return;
     }
-    let call = Inflight { size, old_ptr, depth: 1, kind, native, _pad: 0 };
+    // The thread's first call: its record is made once and reused.
     if INFLIGHT.insert(&pid_tgid, &call, BPF_ANY as u64).is_err() {
         count(Counter::LostInflightFull);
     }
@@ -52,24 +61,24 @@ pub fn enter(size: u64, old_ptr: u64, kind: u32, ip: u64) {
 pub fn exit(ret: u64, ret_addr: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(call) = INFLIGHT.get_ptr_mut(&pid_tgid) else {
-        // The call began before the probes were attached, INFLIGHT was full at entry, or
-        // the entry was ignored (no target, or finalizing: already counted there).
-        // SAFETY: read-only lookup of a plain-data value.
-        if unsafe { TARGETS.get(&tgid) }.is_some_and(|t| t.finalizing == 0) {
-            count(Counter::UnmatchedReturns);
-        }
-        return;
-    };
-    // SAFETY: per-thread entry; only this thread touches it.
-    let call = unsafe {
-        if (*call).depth > 1 {
-            (*call).depth -= 1;
+    // SAFETY: per-thread entry; only this thread touches it. Depth 0: no call in flight.
+    let call = match INFLIGHT.get_ptr_mut(&pid_tgid) {
+        Some(record) if unsafe { (*record).depth } > 0 => unsafe {
+            (*record).depth -= 1;
+            if (*record).depth > 0 {
+                return; // the return of a nested call
+            }
+            *record
+        },
+        _ => {
+            // The call began before the probes were attached, INFLIGHT was full at entry,
+            // or the entry was ignored (no target, or finalizing: already counted there).
+            if target(tgid).is_some_and(|t| t.finalizing == 0) {
+                count(Counter::UnmatchedReturns);
+            }
             return;
         }
-        *call
     };
-    let _ = INFLIGHT.remove(&pid_tgid);
 
     let addr = if call.kind == CALL_REALLOC {
         if ret == 0 && call.size != 0 {
@@ -127,8 +136,7 @@ pub fn exit(ret: u64, ret_addr: u64) {
 /// bytes to the stack's counters. A full map loses the block, counted, never half-recorded.
 #[inline(always)]
 fn record(tgid: u32, addr: u64, size: u64, count_weight: u64, native_caller: u64) {
-    // SAFETY: read-only lookup of a plain-data value.
-    let Some(target) = (unsafe { TARGETS.get(&tgid) }) else {
+    let Some(target) = target(tgid) else {
         count(Counter::NoTarget);
         return;
     };
@@ -187,7 +195,7 @@ const SIGSTOP: u32 = 19;
 #[inline(always)]
 pub fn finalize() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(t) = TARGETS.get_ptr_mut(&tgid) {
+    if let Some(t) = TARGETS.get_ptr_mut(0).filter(|&t| unsafe { (*t).tgid } == tgid) {
         // SAFETY: plain loads and stores in this process's map value.
         unsafe {
             (*t).finalizing = 1;

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use pyleak_common::{AllocKey, Counter, StackKey};
 
 use crate::{
-    maps::{LIVE_ALLOCS, TARGETS, count},
+    maps::{LIVE_ALLOCS, count, target},
     stats::stats_add,
 };
 
@@ -15,8 +15,7 @@ pub fn free(ptr: u64) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: read-only lookup of a plain-data value.
-    if unsafe { TARGETS.get(&tgid) }.is_some_and(|t| t.finalizing != 0) {
+    if target(tgid).is_some_and(|t| t.finalizing != 0) {
         count(Counter::AfterFinalize);
         return;
     }

@@ -4,12 +4,12 @@ use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pyleak_common::{
     AllocInfo, AllocKey, Counter, DEFAULT_MAX_DEPTH, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACKS,
-    EXEC_EVENTS_RING_BYTES, Inflight, MAX_INFLIGHT, MAX_TARGETS, NEW_STACKS_RING_BYTES, PyTarget,
-    StackCounters, StackKey, StackTrace, sampling,
+    EXEC_EVENTS_RING_BYTES, Inflight, MAX_INFLIGHT, NEW_STACKS_RING_BYTES, PyTarget, StackCounters, StackKey,
+    StackTrace, sampling,
 };
 
 /// Outstanding allocations, keyed by (tgid, address). Not preallocated: a quiet target costs
@@ -28,13 +28,23 @@ pub static STACKS: HashMap<u64, StackTrace> =
 pub static STACK_STATS: PerCpuHashMap<StackKey, StackCounters> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
 
-/// Allocator calls between entry and return, by pid_tgid (one per thread).
+/// Per-thread allocator-call records, by pid_tgid. A thread's record stays once made (depth 0
+/// between calls), so a call costs two lookups instead of an insert, a lookup and a delete;
+/// LRU, so records of threads that ended make room for new ones by themselves.
 #[map]
-pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
-/// The traced processes and where their Python state lives.
+/// The traced process and where its Python state lives: one slot, an array lookup the JIT
+/// inlines, instead of a hash lookup per probe hit.
 #[map]
-pub static TARGETS: HashMap<u32, PyTarget> = HashMap::with_max_entries(MAX_TARGETS, 0);
+pub static TARGETS: Array<PyTarget> = Array::with_max_entries(1, 0);
+
+/// The calling process's target, if this object traces it (`None`: tgid 0, i.e. not yet
+/// registered or already released, or another process).
+#[inline(always)]
+pub fn target(tgid: u32) -> Option<&'static PyTarget> {
+    TARGETS.get(0).filter(|t| t.tgid == tgid && tgid != 0)
+}
 
 /// Health counters, indexed by `Counter`.
 #[map]
