@@ -17,7 +17,8 @@ pub const FRAME_WINDOW: usize = 128;
 /// Default capture depth when the user does not choose one.
 pub const DEFAULT_MAX_DEPTH: u32 = 64;
 
-/// Default capacity of [`MAP_LIVE_ALLOCS`] (outstanding allocations across all targets).
+/// Default capacity of [`MAP_LIVE_ALLOCS`] (outstanding allocations of a traced process;
+/// 112 bytes of kernel memory each, reserved at attach).
 pub const DEFAULT_MAX_LIVE_ALLOCS: u32 = 1 << 20;
 /// Default capacity of [`MAP_STACKS`] (distinct interned stacks).
 /// Each entry is about 2 KiB of kernel memory once used (not preallocated). Import-heavy

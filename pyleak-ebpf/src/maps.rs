@@ -12,11 +12,13 @@ use pyleak_common::{
     StackTrace, sampling,
 };
 
-/// Outstanding allocations, keyed by (tgid, address). Not preallocated: a quiet target costs
-/// no kernel memory. The loader resizes it from the config.
+/// Outstanding allocations, keyed by (tgid, address). Preallocated (112 bytes per entry,
+/// reserved at load; the loader sizes it from the config): an allocating map frees its
+/// entries through an RCU-tasks-trace grace period, and measured on pyperformance float a
+/// free's program took 766 ns that way against 394 ns preallocated.
 #[map]
 pub static LIVE_ALLOCS: HashMap<AllocKey, AllocInfo> =
-    HashMap::with_max_entries(DEFAULT_MAX_LIVE_ALLOCS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(DEFAULT_MAX_LIVE_ALLOCS, 0);
 
 /// Interned stacks: stack id (a hash of tgid and frames) -> frames.
 #[map]
