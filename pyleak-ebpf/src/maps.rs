@@ -12,13 +12,14 @@ use pyleak_common::{
     StackTrace, sampling,
 };
 
+use crate::walk::Span;
+
 /// Outstanding allocations, keyed by (tgid, address). Preallocated (112 bytes per entry,
 /// reserved at load; the loader sizes it from the config): an allocating map frees its
 /// entries through an RCU-tasks-trace grace period, and measured on pyperformance float a
 /// free's program took 766 ns that way against 394 ns preallocated.
 #[map]
-pub static LIVE_ALLOCS: HashMap<AllocKey, AllocInfo> =
-    HashMap::with_max_entries(DEFAULT_MAX_LIVE_ALLOCS, 0);
+pub static LIVE_ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(DEFAULT_MAX_LIVE_ALLOCS, 0);
 
 /// Interned stacks: stack id (a hash of tgid and frames) -> frames.
 #[map]
@@ -61,6 +62,15 @@ pub static NEW_STACKS: RingBuf = RingBuf::with_byte_size(NEW_STACKS_RING_BYTES, 
 /// program that fills it).
 #[map]
 pub static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(EXEC_EVENTS_RING_BYTES, 0);
+
+/// Bytes of target memory a stack walk copies at once (see `walk::Span`): a frame's window
+/// and the rest of its page below it, where a page holds about 10–20 typical 3.11+ frames.
+pub const SPAN_BYTES: usize = 4096 + pyleak_common::FRAME_WINDOW;
+pub const SPAN_WORDS: usize = SPAN_BYTES / 8;
+
+/// The per-CPU buffer of `walk::Span`.
+#[map]
+pub static FRAME_SPAN: PerCpuArray<Span> = PerCpuArray::with_max_entries(1, 0);
 
 /// Room to build one `StackTrace` per CPU (it is larger than the 512-byte BPF stack).
 #[map]

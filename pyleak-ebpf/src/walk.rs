@@ -7,11 +7,14 @@ use aya_ebpf::helpers::{
     generated::{self as helper, bpf_loop},
 };
 use pyleak_common::{
-    ABSENT, Counter, FRAME_WINDOW, INSTR_I32, MAX_FRAMES, PyTarget, STACK_NO_PYTHON, STACK_READ_ERROR,
-    STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY, TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
+    ABSENT, Counter, FRAME_WINDOW, INSTR_I32, INSTR_PTR, MAX_FRAMES, PyTarget, STACK_NO_PYTHON,
+    STACK_READ_ERROR, STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY, TSTATE_TLS_DYNAMIC,
+    TSTATE_TLS_STATIC,
 };
 
-use crate::maps::{FSBASE_OFFSET, MAX_DEPTH, count};
+use crate::maps::{FRAME_SPAN, FSBASE_OFFSET, MAX_DEPTH, SPAN_BYTES, SPAN_WORDS, count};
+
+const PAGE_BYTES: u64 = 4096;
 
 /// Reads a `T` at `addr` in the current (target) process.
 #[inline(always)]
@@ -148,14 +151,33 @@ pub fn walk(tgid: u32, t: &PyTarget, native_caller: u64, st: &mut StackTrace) ->
         target: t,
         stack: st,
         frame,
-        n: 0,
         depth: (MAX_DEPTH.load() as usize).min(MAX_FRAMES) as u32,
         hash,
+        // Only data-stack frames (3.11+, whose position is a pointer) sit next to each other;
+        // older versions' frames are separate heap objects, read one window at a time.
+        span: if t.instr_kind == INSTR_PTR {
+            FRAME_SPAN.get_ptr_mut(0).unwrap_or(core::ptr::null_mut())
+        } else {
+            core::ptr::null_mut()
+        },
     };
     // SAFETY: the callback is a static function; the context lives on this stack frame for
     // the duration of the call.
-    unsafe { bpf_loop(MAX_FRAMES as u32, walk_step as *mut c_void, (&mut walk as *mut Walk).cast(), 0) };
-    st.len = walk.n;
+    // Two callbacks, one per frame kind, so the verifier explores each alone (together
+    // their paths multiplied past its 1M-instruction limit).
+    if let Some(span) = unsafe { walk.span.as_mut() } {
+        span.hi = 0; // left over from an earlier walk on this CPU
+    }
+    if !walk.span.is_null() {
+        // SAFETY: as above.
+        unsafe {
+            bpf_loop(MAX_FRAMES as u32, walk_step_span as *mut c_void, (&mut walk as *mut Walk).cast(), 0)
+        };
+    }
+    if walk.span.is_null() {
+        // SAFETY: as above.
+        unsafe { bpf_loop(MAX_FRAMES as u32, walk_step as *mut c_void, (&mut walk as *mut Walk).cast(), 0) };
+    }
     mix(walk.hash, st.flags as u64)
 }
 
@@ -166,37 +188,147 @@ struct Walk {
     stack: *mut StackTrace,
     /// The next frame to read (0: done).
     frame: u64,
-    /// Frames recorded so far.
-    n: u32,
     depth: u32,
     hash: u64,
+    /// This CPU's span (data-stack frames, 3.11+), or null: frames are read one by one.
+    span: *mut Span,
 }
 
-/// One bpf_loop iteration: records one Python frame. Returns 1 to stop.
+/// A copy of the target's memory `[lo, hi)` in this CPU's [`FRAME_SPAN`] (`hi == 0`: none).
+///
+/// CPython 3.11+ pushes a thread's frames one above the other on its data stack (a caller
+/// sits below its callee), so one copy from the leaf frame's window down to its page's start
+/// holds most of the frames a walk needs. Each helper call costs far more than the bytes it
+/// copies: a 10-frame walk made 10 window reads, and now makes one or two. The page bound
+/// keeps the copy inside the data-stack chunk (chunks are whole pages), so it does not fail
+/// on an unmapped page below. The bounds live in the map value, not in the walk's stack
+/// state: the verifier does not track map contents, so iterations still prune.
+#[repr(C)]
+pub struct Span {
+    lo: u64,
+    hi: u64,
+    words: [u64; SPAN_WORDS],
+}
+
+impl Span {
+    /// Copies the memory below `frame`'s window, the window included. False (and the span
+    /// emptied) if it cannot be read.
+    #[inline(always)]
+    fn fill(&mut self, frame: u64) -> bool {
+        self.hi = 0;
+        let hi = frame.wrapping_add(FRAME_WINDOW as u64);
+        let lo = (frame & !(PAGE_BYTES - 1)).max(hi.wrapping_sub(SPAN_BYTES as u64));
+        let len = hi.wrapping_sub(lo);
+        if hi < frame || len > SPAN_BYTES as u64 {
+            return false;
+        }
+        // SAFETY: the helper validates the source; the destination is this CPU's buffer,
+        // SPAN_BYTES long, and `len` is at most that.
+        let failed = unsafe {
+            helper::bpf_probe_read_user(self.words.as_mut_ptr().cast(), len as u32, lo as *const c_void)
+        };
+        if failed != 0 {
+            return false;
+        }
+        (self.lo, self.hi) = (lo, hi);
+        true
+    }
+
+    /// Whether `frame`'s window lies in the span.
+    #[inline(always)]
+    fn holds(&self, frame: u64) -> bool {
+        frame >= self.lo && frame < self.hi && frame.wrapping_add(FRAME_WINDOW as u64) <= self.hi
+    }
+
+    /// The 8 bytes at `frame + offset` (8-aligned); the frame must be held.
+    #[inline(always)]
+    fn word(&self, frame: u64, offset: i32) -> Result<u64, ()> {
+        let o = frame.wrapping_sub(self.lo).wrapping_add(offset as u32 as u64);
+        // The bound is checked on the byte offset itself, the form the verifier follows.
+        if o > (SPAN_BYTES - 8) as u64 || o & 7 != 0 {
+            return Err(());
+        }
+        // SAFETY: `o + 8` is within `words`, and `o` is 8-aligned like `words`.
+        Ok(unsafe { *self.words.as_ptr().cast::<u8>().add(o as usize).cast::<u64>() })
+    }
+
+    /// The byte at `frame + offset`; the frame must be held.
+    #[inline(always)]
+    fn byte(&self, frame: u64, offset: i32) -> Result<u8, ()> {
+        let offset = offset as u32;
+        Ok((self.word(frame, (offset & !7) as i32)? >> (8 * (offset & 7))) as u8)
+    }
+}
+
+/// One bpf_loop iteration over heap frames (3.8–3.10): records one Python frame. Returns 1
+/// to stop.
 #[inline(never)]
 extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: ctx is the `Walk` passed by `walk`, valid for the whole loop.
     let w = unsafe { &mut *(ctx as *mut Walk) };
-    // SAFETY: both point into map values that outlive the loop.
-    let (t, st) = unsafe { (&*w.target, &mut *w.stack) };
+    if !more(w) {
+        return 1;
+    }
+    // SAFETY: points into a map value that outlives the loop.
+    let frame = read_frame(unsafe { &*w.target }, w.frame);
+    take(w, frame)
+}
+
+/// One bpf_loop iteration over data-stack frames (3.11+), read through the span.
+#[inline(never)]
+extern "C" fn walk_step_span(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the `Walk` passed by `walk`, valid for the whole loop.
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    if !more(w) {
+        return 1;
+    }
+    // SAFETY: points into a map value that outlives the loop.
+    let t = unsafe { &*w.target };
+    // SAFETY: null or this CPU's map value, which outlives the loop.
+    let Some(span) = (unsafe { w.span.as_mut() }) else {
+        return 1; // set null below: the verifier does not know that 1 ends the loop
+    };
+    if !(span.holds(w.frame) || span.fill(w.frame)) {
+        // A window running off its mapping: `walk` goes on with `walk_step`, which reads
+        // field by field (in this callback too, that path multiplied the verifier's states).
+        w.span = core::ptr::null_mut();
+        return 1;
+    }
+    let frame = frame_in_span(t, w.frame, span);
+    take(w, frame)
+}
+
+/// Whether the walk goes on: a frame is left and the depth allows it (a cut is flagged).
+#[inline(always)]
+fn more(w: &mut Walk) -> bool {
     if w.frame == 0 {
-        return 1;
+        return false;
     }
-    if w.n >= w.depth {
-        st.flags |= STACK_TRUNCATED;
+    // SAFETY: points into a map value that outlives the loop.
+    if unsafe { (*w.stack).len } >= w.depth {
+        // SAFETY: points into a map value that outlives the loop.
+        unsafe { (*w.stack).flags |= STACK_TRUNCATED };
         count(Counter::StacksTruncated);
-        return 1;
+        return false;
     }
-    match read_frame(t, w.frame) {
+    true
+}
+
+/// Records what [`read_frame`] found and moves to the caller. Returns bpf_loop's 1 to stop.
+#[inline(always)]
+fn take(w: &mut Walk, frame: Result<(u64, Option<(u64, u32, u32)>), ()>) -> i64 {
+    // SAFETY: points into a map value that outlives the loop.
+    let st = unsafe { &mut *w.stack };
+    match frame {
         Ok((back, Some((code, instr, first_line)))) => {
-            let i = w.n as usize;
+            let i = st.len as usize;
             if let (Some(c), Some(p), Some(f)) =
                 (st.code.get_mut(i), st.instr.get_mut(i), st.first_line.get_mut(i))
             {
                 *c = code;
                 *p = instr;
                 *f = first_line;
-                w.n += 1;
+                st.len += 1;
                 w.hash = mix(mix(w.hash, code), ((first_line as u64) << 32) | instr as u64);
             }
             w.frame = back;
@@ -257,6 +389,22 @@ fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>)
         raw.wrapping_sub(code) as u32
     };
     // C: code->co_firstlineno, the fingerprint of this code object.
+    let first_line = read::<u32>(at(code, t.code_first_line))?;
+    Ok((back, Some((code, instr, first_line))))
+}
+
+/// [`read_frame`] for a data-stack frame (3.11+) held in `span`.
+#[inline(always)]
+fn frame_in_span(t: &PyTarget, frame: u64, span: &Span) -> Result<(u64, Option<(u64, u32, u32)>), ()> {
+    let back = span.word(frame, t.frame_back)?;
+    if t.frame_owner != ABSENT && span.byte(frame, t.frame_owner)? as u32 >= t.owner_skip_min {
+        return Ok((back, None));
+    }
+    let code = span.word(frame, t.frame_code)? & t.code_mask;
+    if code == 0 || code == t.skip_code {
+        return Ok((back, None));
+    }
+    let instr = span.word(frame, t.frame_instr)?.wrapping_sub(code) as u32;
     let first_line = read::<u32>(at(code, t.code_first_line))?;
     Ok((back, Some((code, instr, first_line))))
 }
