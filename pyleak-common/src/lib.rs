@@ -14,6 +14,13 @@ pub const MAX_FRAMES: usize = 128;
 /// position, owner) lies in the frame's first `FRAME_WINDOW` bytes in every supported
 /// version; the user side refuses a layout where one would not.
 pub const FRAME_WINDOW: usize = 128;
+/// Slots of the kernel's code-object cache: `co_firstlineno` by code address, direct-mapped,
+/// so a stack walk reads a code object's first line once instead of at every allocation.
+/// An entry is one u64, `(code >> 4) << CODE_LINE_BITS | first_line` (code objects are
+/// 16-byte aligned; lines of 2^21 or more are not cached), read and written whole.
+pub const CODE_CACHE_SLOTS: u32 = 4096;
+/// Bits of a code-cache entry holding the first line.
+pub const CODE_LINE_BITS: u32 = 21;
 /// Default capture depth when the user does not choose one.
 pub const DEFAULT_MAX_DEPTH: u32 = 64;
 
@@ -342,10 +349,26 @@ pub struct PyTarget {
     /// caller is recorded (see [`StackTrace::native_caller`]). Both 0: none recorded.
     pub native_lo: u64,
     pub native_hi: u64,
+    /// The interpreter's executable mapping: a native allocation whose caller lies there
+    /// was asked for by CPython itself (`PyMem_RawMalloc`, unprobed, calls `malloc`), so it
+    /// belongs to the Python stack and gets no native caller. Both 0: no such check.
+    pub interp_lo: u64,
+    pub interp_hi: u64,
     /// The traced process. [`MAP_TARGETS`] has one slot (each traced process gets its own
     /// kernel object): a program that finds another tgid there ignores the call.
     pub tgid: u32,
+    /// 1 when every free of a code object reaches a probe (`PyObject_Free` probed, allocator
+    /// not inlined): then the walk may remember each code object's `co_firstlineno`, because
+    /// the free probe forgets it before the address can be reused (see [`CODE_CACHE_SLOTS`]).
+    pub code_cache: u32,
+    /// TSTATE_TLS_DYNAMIC: 1 when libpython is one of the executable's DT_NEEDED libraries.
+    /// glibc then places its TLS block in every thread's static TLS, at one fixed offset
+    /// from the thread pointer, so the kernel side learns that offset from the first DTV
+    /// walk and afterwards reads `fsbase + tls_static_off + tls_offset` directly.
+    pub tls_static: u32,
     pub _pad: u32,
+    /// The learnt `block - fsbase` (0: not yet known; a block never starts at the TCB).
+    pub tls_static_off: i64,
 }
 
 /// Indices into [`MAP_COUNTERS`]. Every failure the kernel side can meet is counted; the

@@ -81,6 +81,11 @@ pub struct Interpreter {
     pub bias: u64,
     pub linkage: Linkage,
     pub version: PyVersion,
+    /// Its executable mapping in the target, `[start, end)` ((0, 0) if not mapped yet).
+    pub text: (u64, u64),
+    /// Shared linkage: libpython is a DT_NEEDED library of the executable, so it was loaded
+    /// at start-up and its TLS is static (see `PyTarget::tls_static`). False when unknown.
+    pub startup_libpython: bool,
 }
 
 pub fn process_exists(pid: u32) -> bool {
@@ -162,9 +167,13 @@ pub fn find_libc(pid: u32) -> anyhow::Result<Option<Library>> {
     };
     let host_path = host_path(pid, &m.path);
     let image = ElfImage::open(&host_path).with_context(|| format!("opening the C library of pid {pid}"))?;
-    let text =
-        maps.iter().find(|t| t.path == m.path && t.perms.contains('x')).map_or((0, 0), |t| (t.start, t.end));
+    let text = executable_range(&maps, &m.path);
     Ok(Some(Library { path: m.path.clone(), host_path, image, text }))
+}
+
+/// The executable mapping of `path`, `[start, end)`, or (0, 0).
+fn executable_range(maps: &[Mapping], path: &str) -> (u64, u64) {
+    maps.iter().find(|t| t.path == path && t.perms.contains('x')).map_or((0, 0), |t| (t.start, t.end))
 }
 
 /// `libc.so.6`, `libc-2.31.so`, `libc.musl-x86_64.so.1`.
@@ -199,7 +208,16 @@ pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
     if is_free_threaded(&image, &path) {
         return Err(TargetError::FreeThreaded { pid, path }.into());
     }
-    Ok(Interpreter { path, host_path: host, image, bias, linkage, version })
+    let startup_libpython = linkage == Linkage::Shared && exe_needs_libpython(pid);
+    let text = executable_range(&maps, &path);
+    Ok(Interpreter { path, host_path: host, image, bias, linkage, version, text, startup_libpython })
+}
+
+/// Whether the process's executable names a libpython among its DT_NEEDED libraries.
+fn exe_needs_libpython(pid: u32) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+    let host = host_path(pid, &exe.to_string_lossy());
+    ElfImage::open(&host).is_ok_and(|image| image.needed.iter().any(|n| is_libpython_name(n)))
 }
 
 /// Whether the build is free-threaded (PEP 703, 3.13+): a `t` after the version in the file

@@ -188,7 +188,11 @@ fn target_checks(pid: u32, out: &mut String) -> Vec<Check> {
         pid,
         &interp,
         ALLOCATOR_FUNCTIONS,
-        sites::Options { planner: true, before_init: false },
+        sites::Options {
+            planner: true,
+            before_init: false,
+            libc_text: discovery::find_libc(pid).ok().flatten().map(|l| l.text),
+        },
     );
     let (sites, missing) = (&plan.sites, &plan.missing);
     let _ = writeln!(

@@ -172,6 +172,26 @@ impl ElfImage {
         Some(u64::from_le_bytes(self.read_at(vaddr, 8)?.try_into().ok()?))
     }
 
+    /// The link-time address of the GOT slot through which this file calls `name`, a
+    /// function of another module (its `R_X86_64_JUMP_SLOT` or `GLOB_DAT` relocation).
+    pub fn import_slot(&self, name: &str) -> Option<u64> {
+        use object::{
+            ObjectSymbol, ObjectSymbolTable,
+            elf::{R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT},
+        };
+        let file = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
+        let symbols = file.dynamic_symbol_table()?;
+        file.dynamic_relocations()?.find_map(|(offset, reloc)| {
+            let object::RelocationFlags::Elf { r_type } = reloc.flags() else { return None };
+            let RelocationTarget::Symbol(index) = reloc.target() else { return None };
+            if r_type != R_X86_64_JUMP_SLOT && r_type != R_X86_64_GLOB_DAT {
+                return None;
+            }
+            let sym = symbols.symbol_by_index(index).ok()?;
+            (sym.name().ok()? == name && !sym.is_definition()).then_some(offset)
+        })
+    }
+
     /// The bytes of a section (e.g. `.rodata`), if present.
     pub fn section(&self, name: &str) -> Option<&[u8]> {
         let file = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;

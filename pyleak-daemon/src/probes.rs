@@ -226,6 +226,17 @@ impl Probes {
         self.targets.set(0, &target, 0).with_context(|| format!("registering pid {pid} with the kernel side"))
     }
 
+    /// Lets the kernel side remember code objects' first lines for `pid` (see
+    /// `PyTarget::code_cache`). Call once every free probe is attached.
+    pub fn enable_code_cache(&mut self, pid: u32) -> Result<()> {
+        let mut target = self.targets.get(&0, 0).context("reading the kernel's target")?;
+        if target.tgid != pid {
+            anyhow::bail!("pid {pid} is not this object's target");
+        }
+        target.code_cache = 1;
+        self.targets.set(0, &target, 0).context("enabling the code cache")
+    }
+
     /// Attaches the programs for each site of `file` (a path reaching the target's file),
     /// firing only in `pid`. Each program gets one uprobe_multi link covering all its sites
     /// in the file: detaching separate uprobes waits for an RCU grace period each (measured:

@@ -123,26 +123,35 @@ impl Session {
         let layout = resolved.layout;
         let mut py_target = target::build(&interp, &layout)?;
         py_target.stop_at_finalize = hold_at_finalize as u32;
-        let placement = sites::Options { planner, before_init: hold_at_finalize };
-        let plan = sites::interpreter_sites(pid, &interp, ALLOCATOR_FUNCTIONS, placement);
-        let (sites, missing) = (&plan.sites, &plan.missing);
         let libc = discovery::find_libc(pid)?;
         let native = match &libc {
             Some(lib) => sites::public_sites(&lib.image, NATIVE_FUNCTIONS, planner).sites,
             None => Vec::new(),
         };
+        let libc_text = libc.as_ref().filter(|_| !native.is_empty()).map(|l| l.text);
+        let placement = sites::Options { planner, before_init: hold_at_finalize, libc_text };
+        let plan = sites::interpreter_sites(pid, &interp, ALLOCATOR_FUNCTIONS, placement);
+        let (sites, missing) = (&plan.sites, &plan.missing);
         if sites.is_empty() {
             anyhow::bail!("{} exports none of CPython's allocator functions; nothing to probe", interp.path);
         }
         if let Some(lib) = &libc {
             (py_target.native_lo, py_target.native_hi) = lib.text;
         }
+        (py_target.interp_lo, py_target.interp_hi) = interp.text;
+        // The kernel may remember code objects' first lines only if it sees every code
+        // object's free (see PyTarget::code_cache); an inlined allocator hides some.
+        let code_cache = !missing.contains(&"PyObject_Free") && !allocator_inlined(&interp.image);
         let (mut probes, tables, ring) = Probes::load(opts)?;
         tracing::debug!(pid, "kernel programs loaded");
         probes.add_target(pid, &py_target)?;
         probes.attach(pid, &interp.host_path, sites)?;
         if let Some(lib) = &libc {
             probes.attach(pid, &lib.host_path, &native)?;
+        }
+        if code_cache {
+            // Only now: every free probe is in place, so no freed code object is remembered.
+            probes.enable_code_cache(pid)?;
         }
 
         let code_type = interp

@@ -140,6 +140,10 @@ fn record(tgid: u32, addr: u64, size: u64, count_weight: u64, native_caller: u64
         count(Counter::NoTarget);
         return;
     };
+    // The C library entered straight from the interpreter (its raw allocator, unprobed)
+    // is CPython's own allocation: no native frame.
+    let native_caller =
+        if native_caller >= target.interp_lo && native_caller < target.interp_hi { 0 } else { native_caller };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };

@@ -1,10 +1,10 @@
 //! Freeing calls: a tracked block leaves LIVE_ALLOCS and its bytes leave its stack's
 //! outstanding total. Frees of blocks pyleak never saw (made before attach) cost one lookup.
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use pyleak_common::{AllocKey, Counter, StackKey};
+use pyleak_common::{AllocKey, CODE_LINE_BITS, Counter, StackKey};
 
 use crate::{
-    maps::{LIVE_ALLOCS, count, target},
+    maps::{CODE_CACHE, LIVE_ALLOCS, code_slot, count, target},
     stats::stats_add,
 };
 
@@ -14,6 +14,7 @@ pub fn free(ptr: u64) {
     if ptr == 0 {
         return;
     }
+    forget_code(ptr);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if target(tgid).is_some_and(|t| t.finalizing != 0) {
         count(Counter::AfterFinalize);
@@ -22,6 +23,21 @@ pub fn free(ptr: u64) {
     count(Counter::Frees);
     if forget_block(tgid, ptr) {
         count(Counter::FreesTracked);
+    }
+}
+
+/// Clears the code cache's entry for `ptr` if it names that address: the block may be a
+/// code object, whose address a new code object may take next (see `walk::first_line`).
+#[inline(always)]
+fn forget_code(ptr: u64) {
+    if let Some(slot) = CODE_CACHE.get_ptr_mut(code_slot(ptr)) {
+        // SAFETY: a valid array slot; whole-u64 accesses.
+        unsafe {
+            let entry = core::ptr::read_volatile(slot);
+            if entry != 0 && entry >> CODE_LINE_BITS == ptr >> 4 {
+                core::ptr::write_volatile(slot, 0);
+            }
+        }
     }
 }
 

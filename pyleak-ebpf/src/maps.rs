@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pyleak_common::{
-    AllocInfo, AllocKey, Counter, DEFAULT_MAX_DEPTH, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACKS,
-    EXEC_EVENTS_RING_BYTES, Inflight, MAX_INFLIGHT, NEW_STACKS_RING_BYTES, PyTarget, StackCounters, StackKey,
-    StackTrace, sampling,
+    AllocInfo, AllocKey, CODE_CACHE_SLOTS, Counter, DEFAULT_MAX_DEPTH, DEFAULT_MAX_LIVE_ALLOCS,
+    DEFAULT_MAX_STACKS, EXEC_EVENTS_RING_BYTES, Inflight, MAX_INFLIGHT, NEW_STACKS_RING_BYTES, PyTarget,
+    StackCounters, StackKey, StackTrace, sampling,
 };
 
 use crate::walk::Span;
@@ -68,6 +68,11 @@ pub static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(EXEC_EVENTS_RING_BYTES
 pub const SPAN_BYTES: usize = 4096 + pyleak_common::FRAME_WINDOW;
 pub const SPAN_WORDS: usize = SPAN_BYTES / 8;
 
+/// `co_firstlineno` by code object (see `pyleak_common::CODE_CACHE_SLOTS`). Shared by all
+/// CPUs: entries are single u64 loads and stores.
+#[map]
+pub static CODE_CACHE: Array<u64> = Array::with_max_entries(CODE_CACHE_SLOTS, 0);
+
 /// The per-CPU buffer of `walk::Span`.
 #[map]
 pub static FRAME_SPAN: PerCpuArray<Span> = PerCpuArray::with_max_entries(1, 0);
@@ -92,6 +97,12 @@ pub static MAX_DEPTH: Global<u32> = Global::new(DEFAULT_MAX_DEPTH);
 /// 0 means unknown, and then no thread-pointer-based read is attempted).
 #[unsafe(no_mangle)]
 pub static FSBASE_OFFSET: Global<u32> = Global::new(0);
+
+/// The code-cache slot of a code object's address.
+#[inline(always)]
+pub fn code_slot(code: u64) -> u32 {
+    ((code >> 4) ^ (code >> 16)) as u32 & (CODE_CACHE_SLOTS - 1)
+}
 
 /// Adds one to a health counter. Per-CPU, so a plain increment is enough.
 #[inline(always)]

@@ -7,12 +7,14 @@ use aya_ebpf::helpers::{
     generated::{self as helper, bpf_loop},
 };
 use pyleak_common::{
-    ABSENT, Counter, FRAME_WINDOW, INSTR_I32, INSTR_PTR, MAX_FRAMES, PyTarget, STACK_NO_PYTHON,
-    STACK_READ_ERROR, STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY, TSTATE_TLS_DYNAMIC,
-    TSTATE_TLS_STATIC,
+    ABSENT, CODE_LINE_BITS, Counter, FRAME_WINDOW, INSTR_I32, INSTR_PTR, MAX_FRAMES, PyTarget,
+    STACK_NO_PYTHON, STACK_READ_ERROR, STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY,
+    TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
 };
 
-use crate::maps::{FRAME_SPAN, FSBASE_OFFSET, MAX_DEPTH, SPAN_BYTES, SPAN_WORDS, count};
+use crate::maps::{
+    CODE_CACHE, FRAME_SPAN, FSBASE_OFFSET, MAX_DEPTH, SPAN_BYTES, SPAN_WORDS, TARGETS, code_slot, count,
+};
 
 const PAGE_BYTES: u64 = 4096;
 
@@ -89,14 +91,25 @@ fn running_tstate(t: &PyTarget) -> Result<u64, ()> {
             owned_by(t, tstate, fsbase()?)
         }
         TSTATE_TLS_DYNAMIC => {
+            let fs = fsbase()?;
+            if t.tls_static != 0 && t.tls_static_off != 0 {
+                // Static TLS: the block sits at the offset learnt below, in every thread.
+                return read((fs as i64 + t.tls_static_off + t.tls_offset) as u64);
+            }
             // C: ((void **)((dtv_t *)fsbase->dtv)[modid].pointer.val)[tls_offset], i.e. what
             // __tls_get_addr returns for _Py_tss_tstate in a shared libpython (glibc x86_64:
             // the DTV pointer is at fs:8, entries are 16 bytes).
             let modid: u64 = read(t.tls_module_id_addr)?;
-            let dtv: u64 = read(fsbase()? + 8)?;
+            let dtv: u64 = read(fs + 8)?;
             let block: u64 = read(dtv + 16 * modid)?;
             if block == 0 || block == u64::MAX {
                 return Ok(0); // this thread never touched the module's TLS
+            }
+            if t.tls_static != 0 && block != fs {
+                if let Some(slot) = TARGETS.get_ptr_mut(0) {
+                    // SAFETY: the target slot; every CPU would store the same value.
+                    unsafe { (*slot).tls_static_off = block.wrapping_sub(fs) as i64 };
+                }
             }
             read((block as i64 + t.tls_offset) as u64)
         }
@@ -389,7 +402,7 @@ fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>)
         raw.wrapping_sub(code) as u32
     };
     // C: code->co_firstlineno, the fingerprint of this code object.
-    let first_line = read::<u32>(at(code, t.code_first_line))?;
+    let first_line = first_line(t, code)?;
     Ok((back, Some((code, instr, first_line))))
 }
 
@@ -405,8 +418,32 @@ fn frame_in_span(t: &PyTarget, frame: u64, span: &Span) -> Result<(u64, Option<(
         return Ok((back, None));
     }
     let instr = span.word(frame, t.frame_instr)?.wrapping_sub(code) as u32;
-    let first_line = read::<u32>(at(code, t.code_first_line))?;
+    let first_line = first_line(t, code)?;
     Ok((back, Some((code, instr, first_line))))
+}
+
+/// C: `code->co_firstlineno`, the fingerprint of a code object: from the code cache when the
+/// target allows it (`PyTarget::code_cache`), else read. Sound because a code object on the
+/// walking thread's stack is alive (its frame holds a reference), and its free, which comes
+/// before its address can be reused, clears its entry (`free::forget_code`).
+#[inline(always)]
+fn first_line(t: &PyTarget, code: u64) -> Result<u32, ()> {
+    let cacheable = t.code_cache != 0 && code & 15 == 0;
+    let slot = if cacheable { CODE_CACHE.get_ptr_mut(code_slot(code)) } else { None };
+    let Some(slot) = slot else {
+        return read::<u32>(at(code, t.code_first_line));
+    };
+    // SAFETY: a valid array slot; whole-u64 accesses (no torn entries across CPUs).
+    let entry = unsafe { core::ptr::read_volatile(slot) };
+    if entry != 0 && entry >> CODE_LINE_BITS == code >> 4 {
+        return Ok((entry & ((1 << CODE_LINE_BITS) - 1)) as u32);
+    }
+    let line = read::<u32>(at(code, t.code_first_line))?;
+    if line < 1 << CODE_LINE_BITS && code >> (64 - CODE_LINE_BITS + 4) == 0 {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(slot, (code >> 4) << CODE_LINE_BITS | line as u64) };
+    }
+    Ok(line)
 }
 
 /// The 8 bytes at `offset` in a frame window (little endian).
@@ -441,6 +478,6 @@ fn read_frame_fields(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32,
     } else {
         read::<u64>(at(frame, t.frame_instr))?.wrapping_sub(code) as u32
     };
-    let first_line = read::<u32>(at(code, t.code_first_line))?;
+    let first_line = first_line(t, code)?;
     Ok((back, Some((code, instr, first_line))))
 }

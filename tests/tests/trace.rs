@@ -306,3 +306,23 @@ fn trace_target_in_private_mount_namespace() {
         );
     });
 }
+
+/// reused_code.py: code objects freed and their addresses reused. Every round's blocks stay
+/// on that round's own line. The kernel remembers code objects' first lines by address (the
+/// code cache); a free must make it forget, or a round would be charged to an earlier
+/// round's line at the same address. The script fails if no address was reused.
+#[test]
+fn trace_reused_code_addresses_keep_their_own_lines() {
+    for_each_python(|python| {
+        let path = script("reused_code.py");
+        let rounds = script_const(&path, "ROUNDS");
+        let (low, high) = leak_bounds(script_const(&path, "COUNT"), script_const(&path, "BLOCK"));
+        let report = trace_scenario(python, "reused_code.py", &["--group-by", "line", "--top", "100"]);
+        for round in 0..rounds {
+            // Round r's source starts with r blank lines; its leak is line 3 of round 0.
+            let line = 3 + round as u32;
+            let bytes = report.bytes_at("reused_code_gen.py", line);
+            assert_between(bytes, low, high, &format!("bytes at round {round}'s line {line}"), &report);
+        }
+    });
+}

@@ -89,6 +89,7 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
                     t.tstate_kind = TSTATE_TLS_DYNAMIC;
                     t.tls_module_id_addr = interp.bias + slot;
                     t.tls_offset = tls.vaddr as i64;
+                    t.tls_static = interp.startup_libpython as u32;
                 }
                 Linkage::Static => {
                     // x86_64 variant II: the executable's TLS block ends at the thread

@@ -530,14 +530,15 @@ fn memory(s: &mut String, r: &Results) {
         let name = if largest.name.is_empty() { String::new() } else { format!(", `{}`,", largest.name) };
         let _ = writeln!(
             s,
-            "In `exact`, the largest map{name} holds {} for\n\
-             {} outstanding allocations: {} bytes of kernel memory each, buckets included. Its\n\
-             entries are bounded by `--max-allocations` (default 1,048,576; beyond it allocations\n\
-             are counted as lost), so this is close to the most pyleak's default configuration\n\
-             uses for one traced process.\n",
+            "In `exact`, the largest map{name} takes {} for\n\
+             {} entries: {} bytes of kernel memory each, buckets included, here holding {}\n\
+             outstanding allocations. It is preallocated when the process is attached and bounded\n\
+             by `--max-allocations` (default 1,048,576; beyond it allocations are counted as\n\
+             lost), so this is what pyleak's default configuration uses for one traced process.\n",
             mib(largest.memlock),
+            thousands(largest.max_entries),
+            largest.memlock / largest.max_entries.max(1),
             thousands(n),
-            largest.memlock / n
         );
     }
     // The maps of the first mode measured (`exact` when it ran); the others differ in use only.
@@ -882,7 +883,9 @@ mod tests {
         );
         assert!(text.contains("| `no-planner` | failed: boom |  |  |  |  |  |\n"), "{text}");
         assert!(
-            text.contains("the largest map, `LIVE_ALLOCS`, holds 100.0 MiB for\n1,000,123 outstanding allocations: 104 bytes"),
+            text.contains(
+                "the largest map, `LIVE_ALLOCS`, takes 100.0 MiB for\n1,048,576 entries: 100 bytes of kernel memory each, buckets included, here holding 1,000,123\n"
+            ),
             "{text}"
         );
         let live = text.find("| `LIVE_ALLOCS` | hash | 8 / 32 | 1,048,576 | 100.0 MiB |").unwrap();
