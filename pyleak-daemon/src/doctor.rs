@@ -174,6 +174,9 @@ fn target_checks(pid: u32, out: &mut String) -> Vec<Check> {
                 "{}; fallback for GIL-released threads: {}",
                 match t.tstate_kind {
                     pyleak_common::TSTATE_GLOBAL => "_PyRuntime.gilstate.tstate_current",
+                    pyleak_common::TSTATE_TLS_DYNAMIC if t.tls_static != 0 => {
+                        "_Py_tss_tstate thread-local (shared library TLS, static: libpython is loaded at start-up, so it is read at one offset from each thread pointer)"
+                    }
                     pyleak_common::TSTATE_TLS_DYNAMIC => "_Py_tss_tstate thread-local (shared library TLS)",
                     pyleak_common::TSTATE_KEY_ONLY => "none (stripped: no _Py_tss_tstate symbol)",
                     _ => "_Py_tss_tstate thread-local (executable TLS)",
