@@ -334,16 +334,8 @@ fn entry_shim(t: &PyTarget, frame: u64) -> Option<u64> {
     if t.frame_owner == ABSENT {
         return None;
     }
-    let mut window = MaybeUninit::<[u8; FRAME_WINDOW]>::uninit();
-    // SAFETY: as in read_frame.
-    let failed = unsafe {
-        helper::bpf_probe_read_user(window.as_mut_ptr().cast(), FRAME_WINDOW as u32, frame as *const c_void)
-    };
-    if failed != 0 {
-        return None;
-    }
-    // SAFETY: filled above.
-    let buf = unsafe { window.assume_init_ref() };
+    let mut slot = MaybeUninit::uninit();
+    let buf = read_window(frame, &mut slot)?;
     let owner = *buf.get(t.frame_owner as u32 as usize)?;
     if (owner as u32) < t.owner_skip_min {
         return None;
@@ -407,32 +399,51 @@ fn take(w: &mut Walk, frame: Result<(u64, Option<(u64, u32, u32)>), ()>) -> i64 
 /// end of a mapping) is read field by field.
 #[inline(always)]
 fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>), ()> {
-    // Not zeroed first: clearing 128 bytes of BPF stack costs as much as reading them.
-    let mut window = MaybeUninit::<[u8; FRAME_WINDOW]>::uninit();
+    let mut slot = MaybeUninit::uninit();
+    let Some(buf) = read_window(frame, &mut slot) else {
+        return read_frame_fields(t, frame);
+    };
+    decode(t, |offset| word(buf, offset), |offset| buf.get(offset as u32 as usize).copied().ok_or(()))
+}
+
+/// [`read_frame`] for a data-stack frame (3.11+) held in `span`.
+#[inline(always)]
+fn frame_in_span(t: &PyTarget, frame: u64, span: &Span) -> Result<(u64, Option<(u64, u32, u32)>), ()> {
+    decode(t, |offset| span.word(frame, offset), |offset| span.byte(frame, offset))
+}
+
+/// Copies `frame`'s first [`FRAME_WINDOW`] bytes into `slot`, which is not zeroed first:
+/// clearing 128 bytes of BPF stack costs as much as reading them. `None` if unreadable.
+#[inline(always)]
+fn read_window(frame: u64, slot: &mut MaybeUninit<[u8; FRAME_WINDOW]>) -> Option<&[u8; FRAME_WINDOW]> {
     // SAFETY: the helper validates the source and, on success, fills the whole destination
     // (on failure it zeroes it); the verifier accepts uninitialized stack for it.
-    let filled = unsafe {
-        helper::bpf_probe_read_user(window.as_mut_ptr().cast(), FRAME_WINDOW as u32, frame as *const c_void)
+    let failed = unsafe {
+        helper::bpf_probe_read_user(slot.as_mut_ptr().cast(), FRAME_WINDOW as u32, frame as *const c_void)
     };
-    if filled != 0 {
-        return read_frame_fields(t, frame);
-    }
-    // SAFETY: filled above.
-    let buf = unsafe { window.assume_init_ref() };
-    let back = word(buf, t.frame_back)?;
-    if t.frame_owner != ABSENT {
-        // C (3.12+): frame->owner >= FRAME_OWNED_BY_CSTACK marks an entry shim.
-        let owner = *buf.get(t.frame_owner as u32 as usize).ok_or(())?;
-        if owner as u32 >= t.owner_skip_min {
-            return Ok((back, None));
-        }
+    // SAFETY: filled when the helper succeeded.
+    (failed == 0).then(|| unsafe { slot.assume_init_ref() })
+}
+
+/// One frame's caller and (code, position, first line), from its bytes wherever they were
+/// copied: `word(offset)` and `byte(offset)` give the frame's fields.
+#[inline(always)]
+fn decode(
+    t: &PyTarget,
+    word: impl Fn(i32) -> Result<u64, ()>,
+    byte: impl Fn(i32) -> Result<u8, ()>,
+) -> Result<(u64, Option<(u64, u32, u32)>), ()> {
+    let back = word(t.frame_back)?;
+    // C (3.12+): frame->owner >= FRAME_OWNED_BY_CSTACK marks an entry shim.
+    if t.frame_owner != ABSENT && byte(t.frame_owner)? as u32 >= t.owner_skip_min {
+        return Ok((back, None));
     }
     // C: frame->f_code (3.8–3.12) / frame->f_executable (3.13+, tagged in 3.14).
-    let code = word(buf, t.frame_code)? & t.code_mask;
+    let code = word(t.frame_code)? & t.code_mask;
     if code == 0 || code == t.skip_code {
         return Ok((back, None));
     }
-    let raw = word(buf, t.frame_instr)?;
+    let raw = word(t.frame_instr)?;
     let instr = if t.instr_kind == INSTR_I32 {
         // C: frame->f_lasti (the low half of the word: little endian).
         raw as u32
@@ -442,22 +453,6 @@ fn read_frame(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32, u32)>)
         raw.wrapping_sub(code) as u32
     };
     // C: code->co_firstlineno, the fingerprint of this code object.
-    let first_line = first_line(t, code)?;
-    Ok((back, Some((code, instr, first_line))))
-}
-
-/// [`read_frame`] for a data-stack frame (3.11+) held in `span`.
-#[inline(always)]
-fn frame_in_span(t: &PyTarget, frame: u64, span: &Span) -> Result<(u64, Option<(u64, u32, u32)>), ()> {
-    let back = span.word(frame, t.frame_back)?;
-    if t.frame_owner != ABSENT && span.byte(frame, t.frame_owner)? as u32 >= t.owner_skip_min {
-        return Ok((back, None));
-    }
-    let code = span.word(frame, t.frame_code)? & t.code_mask;
-    if code == 0 || code == t.skip_code {
-        return Ok((back, None));
-    }
-    let instr = span.word(frame, t.frame_instr)?.wrapping_sub(code) as u32;
     let first_line = first_line(t, code)?;
     Ok((back, Some((code, instr, first_line))))
 }
