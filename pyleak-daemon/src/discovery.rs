@@ -217,7 +217,12 @@ pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
 fn exe_needs_libpython(pid: u32) -> bool {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
     let host = host_path(pid, &exe.to_string_lossy());
-    ElfImage::open(&host).is_ok_and(|image| image.needed.iter().any(|n| is_libpython_name(n)))
+    ElfImage::open(&host).is_ok_and(|image| needs_libpython(&image))
+}
+
+/// Whether `image` names a libpython among its DT_NEEDED libraries.
+pub fn needs_libpython(image: &ElfImage) -> bool {
+    image.needed.iter().any(|n| is_libpython_name(n))
 }
 
 /// Whether the build is free-threaded (PEP 703, 3.13+): a `t` after the version in the file

@@ -141,7 +141,7 @@ impl Child {
         if image.symbol("_PyRuntime").is_some() {
             return Ok(Some(false));
         }
-        if image.needed.iter().any(|n| discovery::is_libpython_name(n)) {
+        if discovery::needs_libpython(&image) {
             return Ok(Some(true));
         }
         Ok(None)
