@@ -672,6 +672,14 @@ where
     run_command(command, RUN_TIMEOUT)
 }
 
+/// `pyleak doctor --pid PID` on an idle interpreter (`python -c "sleep"`) started for it and
+/// killed afterwards.
+pub fn doctor_of(interpreter: &str) -> Finished {
+    let target = KillOnDrop::spawn(interpreter, &["-c", "import time; time.sleep(60)"]);
+    std::thread::sleep(Duration::from_millis(300));
+    pyleak(["doctor", "--pid", &target.pid().to_string()])
+}
+
 /// `pyleak run --format json -o FILE REPORT_ARGS... -- PYTHON SCRIPT ARGS...`:
 /// asserts exit 0 and returns the parsed report.
 pub fn run_report(python: &Python, script: &Path, script_args: &[&str], report_args: &[&str]) -> Report {

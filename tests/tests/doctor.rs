@@ -3,7 +3,7 @@
 // with the reason, and Debian's LTO build is reported as partial coverage with
 // the remedy.
 
-use pyleak_e2e::{KillOnDrop, for_each_python, pyleak, require_root, serial};
+use pyleak_e2e::{KillOnDrop, doctor_of, for_each_python, pyleak, require_root, serial};
 
 #[test]
 fn doctor_host_checks_pass() {
@@ -23,10 +23,7 @@ fn doctor_host_checks_pass() {
 #[test]
 fn doctor_describes_a_python_target() {
     for_each_python(|python| {
-        let target =
-            KillOnDrop::spawn(python.path.to_str().expect("utf-8"), &["-c", "import time; time.sleep(60)"]);
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let finished = pyleak(["doctor", "--pid", &target.pid().to_string()]);
+        let finished = doctor_of(python.path.to_str().expect("utf-8"));
         assert_eq!(finished.status.code(), Some(0), "{finished}");
         assert!(finished.stdout.contains(&format!("CPython {}", python.version)), "{finished}");
         assert!(finished.stdout.contains("PyObject_Malloc"), "no probe plan\n{finished}");
@@ -58,9 +55,7 @@ fn doctor_reports_partial_coverage_for_an_lto_build() {
         );
         return;
     }
-    let target = KillOnDrop::spawn("/usr/bin/python3.11", &["-c", "import time; time.sleep(60)"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let finished = pyleak(["doctor", "--pid", &target.pid().to_string()]);
+    let finished = doctor_of("/usr/bin/python3.11");
     assert!(finished.stdout.contains("allocator coverage: partial"), "{finished}");
     assert!(finished.stdout.contains("PYTHONMALLOC=malloc"), "no remedy given\n{finished}");
     assert!(finished.stdout.contains("linked into the executable"), "{finished}");

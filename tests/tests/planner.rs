@@ -13,8 +13,8 @@
 use std::path::Path;
 
 use pyleak_e2e::{
-    KillOnDrop, Python, Report, for_each_python, marker_line, pyleak, require_root, run_command, run_report,
-    script, serial,
+    Python, Report, doctor_of, for_each_python, marker_line, require_root, run_command, run_report, script,
+    serial,
 };
 use serde_json::Value;
 
@@ -105,10 +105,7 @@ fn json_run(python: &Path, script: &Path, args: &[&str]) -> Value {
 #[test]
 fn doctor_shows_the_plan() {
     for_each_python(|python| {
-        let target =
-            KillOnDrop::spawn(python.path.to_str().expect("utf-8"), &["-c", "import time; time.sleep(60)"]);
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let finished = pyleak(["doctor", "--pid", &target.pid().to_string()]);
+        let finished = doctor_of(python.path.to_str().expect("utf-8"));
         assert_eq!(finished.status.code(), Some(0), "{finished}");
         let out = &finished.stdout;
         assert!(out.contains("PyObject_Malloc, PyMem_Malloc -> _PyObject_Malloc"), "{python}\n{finished}");
