@@ -60,6 +60,11 @@ pub struct Args {
     /// Rounds: every mode runs once per workload per round, interleaved; medians over rounds
     #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Extra untimed runs of the `leak` workload in `sampled` mode, after the rounds: with the
+    /// rounds' own, they give the estimate's mean error and spread, which a handful of runs
+    /// cannot tell apart from chance (0: none)
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    estimate_runs: u32,
     /// Skip the measurement of pyleak's memory with 1,000,000 allocations outstanding
     #[arg(long)]
     no_memory: bool,
@@ -347,6 +352,10 @@ pub fn bench(args: &Args) -> Result<()> {
     }
     eprintln!("bench: timed runs took {:.0} s", started.elapsed().as_secs_f64());
 
+    if workloads.contains(&Workload::Leak) && modes.contains(&Mode::Sampled) {
+        estimate_runs(&runner, &mut results, args.estimate_runs);
+    }
+
     if !args.no_memory {
         for &mode in modes.iter().filter(|m| matches!(m, Mode::Exact | Mode::Sampled | Mode::Floor)) {
             if results.failed.contains_key(&mode) {
@@ -375,6 +384,33 @@ pub fn bench(args: &Args) -> Result<()> {
         bail!("modes that failed (see their FAILED lines above): {}", names.join(", "));
     }
     Ok(())
+}
+
+/// The sampled estimate's extra runs (see `--estimate-runs`): untimed, so only their findings
+/// are kept. A failed run is reported and left out; it does not drop the mode's timings.
+fn estimate_runs(runner: &Runner, results: &mut Results, n: u32) {
+    for i in 0..n {
+        if results.failed.contains_key(&Mode::Sampled) {
+            return;
+        }
+        let tag = format!("estimate run {}/{n}", i + 1);
+        match runner.once(Workload::Leak, Mode::Sampled, results.truth.as_ref()) {
+            Ok(outcome) => {
+                eprintln!("bench: {tag}: {}", outcome.describe());
+                results.estimate_runs += 1;
+                if let Some(t) = outcome.truth {
+                    results.truth = Some(t);
+                }
+                if let Some(f) = outcome.finding {
+                    results.findings.entry(Mode::Sampled).or_default().push(f);
+                }
+            }
+            Err(e) => {
+                eprintln!("bench: {tag}: FAILED: {e:#}");
+                results.estimate_failures += 1;
+            }
+        }
+    }
 }
 
 /// Runs one program once in one mode.

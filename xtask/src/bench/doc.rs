@@ -144,8 +144,12 @@ pub struct Results {
     /// Modes dropped after a run failed, with the error.
     pub failed: BTreeMap<Mode, String>,
     pub truth: Option<Truth>,
-    /// The leak's place in each report of the leak workload, by mode.
+    /// The leak's place in each report of the leak workload, by mode (`sampled`: the rounds'
+    /// runs and the extra estimate runs).
     pub findings: BTreeMap<Mode, Vec<Finding>>,
+    /// Extra untimed `sampled` runs of the leak that completed, and those that failed.
+    pub estimate_runs: u32,
+    pub estimate_failures: u32,
     pub memory: Vec<(Mode, std::result::Result<MemoryFinding, String>)>,
 }
 
@@ -169,6 +173,8 @@ impl Results {
             failed: BTreeMap::new(),
             truth: None,
             findings: BTreeMap::new(),
+            estimate_runs: 0,
+            estimate_failures: 0,
             memory: Vec::new(),
         }
     }
@@ -380,6 +386,14 @@ fn method(s: &mut String, r: &Results) {
         if loops.is_empty() { "none selected".to_string() } else { loops.join(", ") },
         r.runs
     );
+    if r.estimate_runs > 0 {
+        let _ = writeln!(
+            s,
+            "- **The sampled estimate.** After the rounds, `sampled` ran the leak {} more times,\n  \
+             untimed (`--estimate-runs`): a few runs cannot tell a biased estimate from chance.\n",
+            r.estimate_runs
+        );
+    }
     s.push_str("Modes:\n\n");
     let rows: Vec<Vec<String>> =
         r.modes.iter().map(|m| vec![format!("`{}`", m.name()), m.command(), m.describe().into()]).collect();
@@ -607,6 +621,51 @@ fn accuracy(s: &mut String, r: &Results) {
         &["mode", "leaking line first", "bytes reported (median)", "range over runs", "error of the median"],
         &rows,
     );
+    sampled_error(s, r, t);
+}
+
+/// The sampled estimate's error over all its runs, against the spread Poisson sampling predicts.
+fn sampled_error(s: &mut String, r: &Results, t: &Truth) {
+    let found = r.findings.get(&Mode::Sampled).map(Vec::as_slice).unwrap_or_default();
+    if found.len() < 2 || t.bytes == 0 {
+        return;
+    }
+    let errors: Vec<f64> = found.iter().map(|f| (f.bytes as f64 - t.bytes as f64) / t.bytes as f64).collect();
+    let (mean, sd) = mean_sd(&errors);
+    let se = sd / (errors.len() as f64).sqrt();
+    // Each sampled object of s << R bytes stands for about R: Var ≈ R × (true bytes).
+    let predicted = (super::SAMPLE_BYTES as f64 / t.bytes as f64).sqrt();
+    let verdict = if mean.abs() <= 2.0 * se {
+        "within two standard errors of zero: no bias shows at this precision"
+    } else {
+        "more than two standard errors from zero: a bias, or worse luck than 1 in 20"
+    };
+    let _ = writeln!(
+        s,
+        "`sampled` ran the leak {} times: once per round, plus {} untimed runs for this estimate\n\
+         (`--estimate-runs`){}. Over those runs the error has a mean of {:+.1} % ± {:.1} % (standard\n\
+         error), {verdict}; its standard deviation is {:.1} %. Poisson sampling at {} bytes predicts\n\
+         about √(R / true bytes) = {:.1} %: each sampled object stands for about R bytes.\n",
+        errors.len(),
+        r.estimate_runs,
+        match r.estimate_failures {
+            0 => String::new(),
+            n => format!("; {n} more failed and are left out"),
+        },
+        mean * 100.0,
+        se * 100.0,
+        sd * 100.0,
+        thousands(super::SAMPLE_BYTES),
+        predicted * 100.0
+    );
+}
+
+/// The mean and the sample standard deviation (n − 1) of at least two values.
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
 }
 
 /// What the tables do not say by themselves.
@@ -848,6 +907,35 @@ mod tests {
             assert_eq!(cells, width, "{l}");
         }
         assert_eq!(render(&results()), text, "the same results give the same text");
+    }
+
+    #[test]
+    fn the_sampled_error_over_its_runs() {
+        let mut r = results();
+        r.modes.push(Mode::Sampled);
+        r.estimate_runs = 3;
+        r.estimate_failures = 1;
+        // Errors of +10, -10, +4 and +8 %: mean +3 %, sd 9.02 %, standard error 4.51 %.
+        let t = truth().bytes as f64;
+        let f = |e: f64| Finding { rank: Some(1), bytes: (t * (1.0 + e)).round() as u64 };
+        r.findings.insert(Mode::Sampled, vec![f(0.10), f(-0.10), f(0.04), f(0.08)]);
+        let text = render(&r);
+        assert!(
+            text.contains(
+                "`sampled` ran the leak 4 times: once per round, plus 3 untimed runs for this estimate\n\
+                 (`--estimate-runs`); 1 more failed and are left out. Over those runs the error has a mean of +3.0 % ± 4.5 % (standard\n\
+                 error), within two standard errors of zero: no bias shows at this precision; its standard deviation is 9.0 %."
+            ),
+            "{text}"
+        );
+        // √(524,288 / 61,300,000)
+        assert!(text.contains("= 9.2 %: each sampled object"), "{text}");
+        // A mean far from zero in standard errors is called out.
+        r.findings.insert(Mode::Sampled, vec![f(0.10), f(0.11), f(0.09), f(0.10)]);
+        assert!(render(&r).contains("more than two standard errors from zero"));
+        // One run says nothing about spread.
+        r.findings.insert(Mode::Sampled, vec![f(0.10)]);
+        assert!(!render(&r).contains("untimed runs"));
     }
 
     #[test]
