@@ -345,8 +345,9 @@ impl Resolver {
                 continue;
             }
             let n = (st.len as usize).min(st.code.len());
-            let frames =
-                (0..n).map(|i| self.symbolizer.frame(st.code[i], st.instr[i], st.first_line[i])).collect();
+            let frames = (0..n)
+                .filter_map(|i| self.symbolizer.frame(st.code[i], st.instr[i], st.first_line[i]))
+                .collect();
             let native = (st.native_caller != 0).then(|| self.native.name(st.native_caller));
             self.resolved.insert(id, ResolvedStack { frames, flags: st.flags, native });
         }

@@ -1,8 +1,9 @@
 // `pyleak trace --pid PID` on live CPython processes, once per interpreter of
 // PYTHON_VERSIONS: leak accuracy against tracemalloc (bytes, block count and
 // the exact Python stack), leaks made through realloc and calloc, frees of
-// allocations made before pyleak attached, per-thread stacks, a target that
-// exits during the trace, and --duration ending a trace by itself.
+// allocations made before pyleak attached, per-thread stacks, stacks through
+// many calls from C into Python, a target that exits during the trace, and
+// --duration ending a trace by itself.
 //
 // Scenarios are tests/scripts/*.py (protocol in scenario.py); line numbers
 // come from their marker comments, sizes from their constants.
@@ -58,6 +59,38 @@ fn trace_leak_basic_stack_and_bytes() {
                 top.outstanding_bytes
             );
         }
+    });
+}
+
+/// through_c.py: a leak DEPTH + 1 calls from C into Python deep (`map`, then a class's
+/// `__init__` at every level). Its whole stack, innermost first, every frame on either side
+/// of every C call: on 3.12+ the walk steps over an entry shim on the C stack at each, more
+/// of them than one copy of the C stack holds. Its bytes are the script's.
+#[test]
+fn trace_stacks_through_c_calls() {
+    for_each_python(|python| {
+        let path = script("through_c.py");
+        let line = |marker| marker_line(&path, marker);
+        let mut expected =
+            vec![("__init__", "through_c.py", line("LEAK")), ("make", "through_c.py", line("NEW"))];
+        for _ in 0..script_const(&path, "DEPTH") {
+            expected.push(("__init__", "through_c.py", line("RECURSE")));
+            expected.push(("make", "through_c.py", line("NEW")));
+        }
+        expected.extend([
+            ("<lambda>", "through_c.py", line("MAP")),
+            ("work", "through_c.py", line("MAP")),
+            ("run", "scenario.py", marker_line(&script("scenario.py"), "WORK")),
+            ("<module>", "through_c.py", line("MAIN")),
+        ]);
+        let (low, high) = leak_bounds(script_const(&path, "COUNT"), script_const(&path, "BLOCK"));
+
+        let report = trace_scenario(python, "through_c.py", &[]);
+
+        let top = report.top();
+        let frames: Vec<_> = top.frames.iter().map(|f| (f.function.as_str(), f.basename(), f.line)).collect();
+        assert_eq!(frames, expected, "the leak's stack, innermost first\n{report}");
+        assert_between(top.outstanding_bytes, low, high, "outstanding bytes of the leak", &report);
     });
 }
 

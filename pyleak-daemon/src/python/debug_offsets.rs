@@ -1123,7 +1123,7 @@ mod tests {
         assert_eq!(frames, [(leak, 208 + 10, 10), (module, 208 + 6, 1)]);
 
         let mut symbolizer = crate::python::symbolize::Symbolizer::new(mem, layout, code_type);
-        let names: Vec<_> = frames.iter().map(|&(c, i, f)| symbolizer.frame(c, i, f)).collect();
+        let names: Vec<_> = frames.iter().filter_map(|&(c, i, f)| symbolizer.frame(c, i, f)).collect();
         let frame = |function: &str, qualname: &str, line| crate::model::Frame {
             function: function.into(),
             qualname: qualname.into(),

@@ -29,6 +29,22 @@ struct CodeInfo {
     qualname: String,
     filename: String,
     linetable: Vec<u8>,
+    /// The interpreter's own trampoline, not Python code (see [`is_init_cleanup`]).
+    trampoline: bool,
+}
+
+/// Whether a code object is CPython's `_Py_InitCleanup` (3.13+): a static code object whose
+/// frame the specialized `CALL_ALLOC_AND_ENTER_INIT` pushes under every `__init__` it calls,
+/// to check that `__init__` returned None. It would show as a frame `__init__` in a file
+/// named `__init__` at line 0 between the `__init__` and its caller. Its symbol is local (a
+/// stripped build has none), so it is told by what it is: named `__init__`, in file
+/// `__init__`, first line 0, and a line table that gives no line (only "no location"
+/// entries: 3.13's is the one byte 0xfb), which no compiled Python code has.
+fn is_init_cleanup(name: &str, filename: &str, first_line: u32, linetable: &[u8]) -> bool {
+    // C: an entry's first byte is 1CCCCLLL; code 15 (PY_CODE_LOCATION_INFO_NONE) has no
+    // further bytes, so a table of such entries is all first bytes.
+    let no_line = linetable.iter().all(|&b| b & 0x80 != 0 && (b >> 3) & 15 == 15);
+    name == "__init__" && filename == "__init__" && first_line == 0 && no_line
 }
 
 pub struct Symbolizer {
@@ -46,8 +62,9 @@ impl Symbolizer {
 
     /// Symbolizes one frame captured with `first_line` (`co_firstlineno` at capture). A
     /// code object that cannot be read, or that is no longer the one captured (freed, its
-    /// address reused), gives `Frame::unknown` rather than another function's name.
-    pub fn frame(&mut self, code: u64, instr: u32, first_line: u32) -> Frame {
+    /// address reused), gives `Frame::unknown` rather than another function's name. `None`
+    /// for an interpreter trampoline, which is not a frame of Python code.
+    pub fn frame(&mut self, code: u64, instr: u32, first_line: u32) -> Option<Frame> {
         // A cached code object at this address with the same first line is taken as the same
         // one without reading the target again: symbolizing must keep up with a process
         // that makes thousands of new stacks a second (imports), or their code objects are
@@ -56,19 +73,22 @@ impl Symbolizer {
         let cached = self.cache.get(&code).is_some_and(|c| c.fingerprint.firstlineno == first_line);
         if !cached {
             let Some(fp) = self.fingerprint(code) else {
-                return Frame::unknown(code);
+                return Some(Frame::unknown(code));
             };
             if fp.ob_type != self.code_type || fp.firstlineno != first_line {
-                return Frame::unknown(code);
+                return Some(Frame::unknown(code));
             }
             match self.read_code(code, &fp) {
                 Some(info) => {
                     self.cache.insert(code, info);
                 }
-                None => return Frame::unknown(code),
+                None => return Some(Frame::unknown(code)),
             }
         }
         let info = &self.cache[&code];
+        if info.trampoline {
+            return None;
+        }
         let line = self
             .layout
             .bytecode_offset(instr)
@@ -81,12 +101,12 @@ impl Symbolizer {
                 )
             })
             .unwrap_or(0);
-        Frame {
+        Some(Frame {
             function: info.name.clone(),
             qualname: info.qualname.clone(),
             file: info.filename.clone(),
             line,
-        }
+        })
     }
 
     fn fingerprint(&self, code: u64) -> Option<Fingerprint> {
@@ -116,12 +136,15 @@ impl Symbolizer {
             Some(off) => self.mem.read_u64(code + off).ok().and_then(|p| self.read_str(p)),
             None => None,
         };
+        let filename = self.read_str(fp.filename)?;
+        let linetable = self.read_bytes(fp.linetable)?;
         Some(CodeInfo {
             fingerprint: fp.clone(),
             qualname: qualname.unwrap_or_else(|| name.clone()),
+            trampoline: is_init_cleanup(&name, &filename, fp.firstlineno, &linetable),
             name,
-            filename: self.read_str(fp.filename)?,
-            linetable: self.read_bytes(fp.linetable)?,
+            filename,
+            linetable,
         })
     }
 
@@ -170,5 +193,22 @@ impl Symbolizer {
             return None;
         }
         self.mem.read_vec(obj + 32, size as usize).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_init_cleanup;
+
+    #[test]
+    fn only_the_init_trampoline_is_dropped() {
+        // 3.13's _Py_InitCleanup: one "no location" entry for its 4 code units.
+        assert!(is_init_cleanup("__init__", "__init__", 0, &[0xfb]));
+        assert!(is_init_cleanup("__init__", "__init__", 0, b""));
+        // A real __init__ has a first line and a line table, even in a file named __init__.
+        assert!(!is_init_cleanup("__init__", "/srv/app/models.py", 12, &[0x80, 0x00]));
+        assert!(!is_init_cleanup("__init__", "__init__", 1, &[0xfb]));
+        assert!(!is_init_cleanup("__init__", "__init__", 0, &[0xfb, 0x80, 0x00]));
+        assert!(!is_init_cleanup("make", "__init__", 0, &[0xfb]));
     }
 }
