@@ -73,9 +73,13 @@ pub const SPAN_WORDS: usize = SPAN_BYTES / 8;
 #[map]
 pub static CODE_CACHE: Array<u64> = Array::with_max_entries(CODE_CACHE_SLOTS, 0);
 
-/// The per-CPU buffer of `walk::Span`.
+/// The per-CPU buffers of `walk::Span`: one for the data stack, one for the C stack.
 #[map]
-pub static FRAME_SPAN: PerCpuArray<Span> = PerCpuArray::with_max_entries(1, 0);
+pub static FRAME_SPAN: PerCpuArray<Span> = PerCpuArray::with_max_entries(2, 0);
+/// [`FRAME_SPAN`]'s slot for data-stack frames (copied downwards from a frame).
+pub const SPAN_DATA: u32 = 0;
+/// [`FRAME_SPAN`]'s slot for C-stack entry shims (copied upwards from a shim).
+pub const SPAN_CSTACK: u32 = 1;
 
 /// Room to build one `StackTrace` per CPU (it is larger than the 512-byte BPF stack).
 #[map]

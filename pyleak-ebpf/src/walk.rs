@@ -13,7 +13,8 @@ use pyleak_common::{
 };
 
 use crate::maps::{
-    CODE_CACHE, FRAME_SPAN, FSBASE_OFFSET, MAX_DEPTH, SPAN_BYTES, SPAN_WORDS, TARGETS, code_slot, count,
+    CODE_CACHE, FRAME_SPAN, FSBASE_OFFSET, MAX_DEPTH, SPAN_BYTES, SPAN_CSTACK, SPAN_DATA, SPAN_WORDS,
+    TARGETS, code_slot, count,
 };
 
 const PAGE_BYTES: u64 = 4096;
@@ -151,11 +152,19 @@ pub fn walk(tgid: u32, t: &PyTarget, native_caller: u64, st: &mut StackTrace) ->
         }
     };
 
+    // This CPU's C-stack span, left over from an earlier walk: empty it.
+    let cstack = FRAME_SPAN.get_ptr_mut(SPAN_CSTACK).unwrap_or(core::ptr::null_mut());
+    // SAFETY: null or this CPU's map value, which outlives the walk.
+    if let Some(c) = unsafe { cstack.as_mut() } {
+        c.hi = 0;
+    }
+
     // C (3.8–3.10): tstate->frame; (3.11–3.12): tstate->cframe->current_frame;
     // (3.13+): tstate->current_frame.
     let mut frame: u64 = read(at(tstate, t.tstate_frame)).unwrap_or(0);
     if t.cframe_current_frame != ABSENT && frame != 0 {
-        frame = read(at(frame, t.cframe_current_frame)).unwrap_or(0);
+        // SAFETY: as above.
+        frame = cframe_current_frame(t, frame, unsafe { cstack.as_mut() });
     }
 
     // bpf_loop verifies the step once, however deep the walk: an open-coded 128-iteration
@@ -169,18 +178,20 @@ pub fn walk(tgid: u32, t: &PyTarget, native_caller: u64, st: &mut StackTrace) ->
         // Only data-stack frames (3.11+, whose position is a pointer) sit next to each other;
         // older versions' frames are separate heap objects, read one window at a time.
         span: if t.instr_kind == INSTR_PTR {
-            FRAME_SPAN.get_ptr_mut(0).unwrap_or(core::ptr::null_mut())
+            FRAME_SPAN.get_ptr_mut(SPAN_DATA).unwrap_or(core::ptr::null_mut())
         } else {
             core::ptr::null_mut()
         },
+        cstack,
     };
-    // SAFETY: the callback is a static function; the context lives on this stack frame for
-    // the duration of the call.
+    // SAFETY: null or this CPU's map value; left over from an earlier walk: empty it.
+    if let Some(span) = unsafe { walk.span.as_mut() } {
+        span.hi = 0;
+    }
     // Two callbacks, one per frame kind, so the verifier explores each alone (together
     // their paths multiplied past its 1M-instruction limit).
-    if let Some(span) = unsafe { walk.span.as_mut() } {
-        span.hi = 0; // left over from an earlier walk on this CPU
-    }
+    // SAFETY (both calls): the callback is a static function; the context lives on this
+    // stack frame for the duration of the call.
     if !walk.span.is_null() {
         // SAFETY: as above.
         unsafe {
@@ -194,6 +205,22 @@ pub fn walk(tgid: u32, t: &PyTarget, native_caller: u64, st: &mut StackTrace) ->
     mix(walk.hash, st.flags as u64)
 }
 
+/// C (3.11–3.12): `cframe->current_frame`. The `_PyCFrame` is a local of the innermost
+/// `_PyEval_EvalFrameDefault`, next to that call's entry shim (112 bytes below it in pyenv's
+/// 3.12 build), so the C-stack span is copied from it: the 8 bytes needed cost one helper
+/// call either way, and the span usually holds the walk's shims as well (see
+/// [`entry_shim`]). 0 if it cannot be read.
+#[inline(always)]
+fn cframe_current_frame(t: &PyTarget, cframe: u64, cstack: Option<&mut Span>) -> u64 {
+    if let Some(c) = cstack
+        && c.fill_up(cframe)
+        && let Ok(frame) = c.word(cframe, t.cframe_current_frame)
+    {
+        return frame;
+    }
+    read(at(cframe, t.cframe_current_frame)).unwrap_or(0)
+}
+
 /// State shared with [`walk_step`] across bpf_loop iterations.
 #[repr(C)]
 struct Walk {
@@ -205,6 +232,8 @@ struct Walk {
     hash: u64,
     /// This CPU's span (data-stack frames, 3.11+), or null: frames are read one by one.
     span: *mut Span,
+    /// This CPU's span of the C stack, for entry shims (3.12+), or null.
+    cstack: *mut Span,
 }
 
 /// A copy of the target's memory `[lo, hi)` in this CPU's [`FRAME_SPAN`] (`hi == 0`: none).
@@ -244,6 +273,38 @@ impl Span {
             return false;
         }
         (self.lo, self.hi) = (lo, hi);
+        true
+    }
+
+    /// Copies the memory above `shim`, its window included: up to [`SPAN_BYTES`], else to the
+    /// end of the page the window ends in (the top of a stack mapping). False (and the span
+    /// emptied) if not even that can be read.
+    #[inline(always)]
+    fn fill_up(&mut self, shim: u64) -> bool {
+        self.hi = 0;
+        let end = shim.wrapping_add(FRAME_WINDOW as u64);
+        let page_end = end.wrapping_add(PAGE_BYTES - 1) & !(PAGE_BYTES - 1);
+        if end < shim || page_end < end {
+            return false;
+        }
+        let dst = self.words.as_mut_ptr().cast();
+        // SAFETY: the helper validates the source; the destination is this CPU's buffer,
+        // SPAN_BYTES long, and neither length exceeds it (page_end - shim <= PAGE_BYTES +
+        // FRAME_WINDOW - 1 < SPAN_BYTES).
+        let mut len = SPAN_BYTES as u64;
+        let mut failed = unsafe { helper::bpf_probe_read_user(dst, len as u32, shim as *const c_void) };
+        if failed != 0 {
+            len = page_end.wrapping_sub(shim);
+            if len > SPAN_BYTES as u64 {
+                return false;
+            }
+            // SAFETY: as above.
+            failed = unsafe { helper::bpf_probe_read_user(dst, len as u32, shim as *const c_void) };
+        }
+        if failed != 0 {
+            return false;
+        }
+        (self.lo, self.hi) = (shim, shim.wrapping_add(len));
         true
     }
 
@@ -306,7 +367,9 @@ extern "C" fn walk_step_span(_index: u64, ctx: *mut c_void) -> i64 {
         // callee on the data stack); the leaf (no span yet) or a frame below is copied at once.
         if span.hi != 0
             && w.frame >= span.hi
-            && let Some(back) = entry_shim(t, w.frame)
+            // SAFETY: null or this CPU's other map value, which outlives the loop.
+            && let Some(cstack) = unsafe { w.cstack.as_mut() }
+            && let Some(back) = entry_shim(t, w.frame, cstack)
         {
             w.frame = back;
             return 0;
@@ -324,23 +387,29 @@ extern "C" fn walk_step_span(_index: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// The caller of `frame` if it is a C-stack entry shim (3.12+: `owner >=
-/// FRAME_OWNED_BY_CSTACK`), read alone. Each call from C into Python links such a frame, a
-/// local of `_PyEval_EvalFrameDefault` on the C stack, between two data-stack frames:
-/// copying its page into the span would throw away the data-stack page the caller is in, and
-/// the next frame would copy that back (measured on pyperformance float: 7.3 page copies per
-/// walk before, 1.0 now, plus this read for each of the 3.6 shims). `None` for any other frame, or one that cannot be read.
+/// FRAME_OWNED_BY_CSTACK`), read through `cstack`, the span of the C stack. Each call from C
+/// into Python links such a frame, a local of `_PyEval_EvalFrameDefault` on the C stack,
+/// between two data-stack frames: copying its page into the data-stack span would throw away
+/// the page the caller is in, and the next frame would copy that back (measured on
+/// pyperformance float: 7.3 page copies per walk with one span). Shims sit one above the
+/// other on the C stack, outer calls higher, about 800 bytes apart on 3.12 (one
+/// `_PyEval_EvalFrameDefault` and the few C frames between), so the span copied upwards from
+/// the first one usually holds the rest: float's 3.6 shims per walk cost one copy, not 3.6
+/// window reads (each helper call costs about 70 ns, its bytes almost nothing). `None` for
+/// any other frame, or one that cannot be read.
 #[inline(always)]
-fn entry_shim(t: &PyTarget, frame: u64) -> Option<u64> {
+fn entry_shim(t: &PyTarget, frame: u64, cstack: &mut Span) -> Option<u64> {
     if t.frame_owner == ABSENT {
         return None;
     }
-    let mut slot = MaybeUninit::uninit();
-    let buf = read_window(frame, &mut slot)?;
-    let owner = *buf.get(t.frame_owner as u32 as usize)?;
+    if !cstack.holds(frame) && !cstack.fill_up(frame) {
+        return None;
+    }
+    let owner = cstack.byte(frame, t.frame_owner).ok()?;
     if (owner as u32) < t.owner_skip_min {
         return None;
     }
-    word(buf, t.frame_back).ok()
+    cstack.word(frame, t.frame_back).ok()
 }
 
 /// Whether the walk goes on: a frame is left and the depth allows it (a cut is flagged).
