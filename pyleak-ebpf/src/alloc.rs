@@ -13,7 +13,7 @@ use crate::{
     free::forget_block,
     maps::{
         INFLIGHT, LIVE_ALLOCS, NEW_STACKS, SAMPLE_BYTES, SAMPLE_TABLE, SCRATCH, STACKS, TARGETS, count,
-        target,
+        sampled_add, sampled_slot, target,
     },
     stats::stats_add,
     walk::walk,
@@ -171,6 +171,12 @@ fn record(tgid: u32, addr: u64, size: u64, count_weight: u64, native_caller: u64
     // SAFETY: helper call with no preconditions.
     let timestamp_ns = unsafe { bpf_ktime_get_ns() };
     let info = AllocInfo { size, stack_id, timestamp_ns, count_weight };
+    // Sampled mode: the block's filter slot is raised before it can be found in LIVE_ALLOCS
+    // (see SAMPLED_FILTER), and lowered again if it is not recorded after all.
+    let filter = sampled_slot(addr);
+    if let Some(f) = filter {
+        sampled_add(f, 1);
+    }
     // Insert first: the usual case is a new address, so this costs one hash walk. A block
     // already recorded at this address was freed by a path pyleak does not see: retire it
     // so its bytes do not stay outstanding forever, then record the new one.
@@ -182,12 +188,19 @@ fn record(tgid: u32, addr: u64, size: u64, count_weight: u64, native_caller: u64
         other => other,
     };
     if inserted.is_err() {
+        if let Some(f) = filter {
+            sampled_add(f, u64::MAX);
+        }
         count(Counter::LostLiveFull);
         return;
     }
     let skey = StackKey { tgid, _pad: 0, stack_id };
     if !stats_add(&skey, size, count_weight, 0, 0) {
-        let _ = LIVE_ALLOCS.remove(&key);
+        if LIVE_ALLOCS.remove(&key).is_ok()
+            && let Some(f) = filter
+        {
+            sampled_add(f, u64::MAX);
+        }
         count(Counter::LostStatsFull);
     }
 }

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use pyleak_common::{AllocKey, CODE_LINE_BITS, Counter, StackKey};
 
 use crate::{
-    maps::{CODE_CACHE, LIVE_ALLOCS, code_slot, count, target},
+    maps::{CODE_CACHE, LIVE_ALLOCS, code_slot, count, sampled_add, sampled_slot, target},
     stats::stats_add,
 };
 
@@ -44,6 +44,13 @@ fn forget_code(ptr: u64) {
 /// Removes a tracked block and subtracts it from its stack. Returns whether it was tracked.
 #[inline(always)]
 pub fn forget_block(tgid: u32, addr: u64) -> bool {
+    let filter = sampled_slot(addr);
+    // SAFETY: a valid array slot; a whole-u64 load.
+    if let Some(f) = filter
+        && unsafe { core::ptr::read_volatile(f) } == 0
+    {
+        return false; // sampled mode: no recorded block hashes here
+    }
     let key = AllocKey { tgid, _pad: 0, addr };
     // SAFETY: copy the value out before removing the entry.
     let Some(info) = (unsafe { LIVE_ALLOCS.get(&key) }).copied() else {
@@ -51,6 +58,9 @@ pub fn forget_block(tgid: u32, addr: u64) -> bool {
     };
     if LIVE_ALLOCS.remove(&key).is_err() {
         return false; // another thread freed it first (a double free in the target)
+    }
+    if let Some(f) = filter {
+        sampled_add(f, u64::MAX);
     }
     let skey = StackKey { tgid, _pad: 0, stack_id: info.stack_id };
     stats_add(&skey, 0, 0, info.size, info.count_weight);

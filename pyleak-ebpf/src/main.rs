@@ -7,6 +7,10 @@
 //! pushes. Nothing here formats strings or logs: hot paths only count.
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap, so core's atomic types offer no fetch_add; the
+// intrinsic lowers to BPF's atomic add (see `maps::sampled_add`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod alloc;
 mod exec;

@@ -89,6 +89,37 @@ pub static SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0
 #[map]
 pub static SAMPLE_TABLE: Array<u32> = Array::with_max_entries(sampling::TABLE_LEN, 0);
 
+/// Sampled mode's filter in front of `LIVE_ALLOCS`: per slot of [`sampled_slot`], how many
+/// recorded blocks hash there (a counting Bloom filter with one hash). With sampling, most
+/// frees are of blocks never recorded; a zero here answers them with one array load instead
+/// of a hash-map miss (measured on pyperformance float: `free_enter` 265 -> ~100 ns). A slot
+/// is raised before its block enters `LIVE_ALLOCS` and lowered only after the kernel removed
+/// it, so a recorded block's slot is never zero: no free of a recorded block is skipped.
+/// Unused (all zero) in exact mode, where every block is recorded.
+#[map]
+pub static SAMPLED_FILTER: Array<u64> = Array::with_max_entries(SAMPLED_FILTER_SLOTS, 0);
+pub const SAMPLED_FILTER_SLOTS: u32 = 1 << 16;
+
+/// A block's slot in [`SAMPLED_FILTER`] (blocks are 16-byte aligned: the low bits carry
+/// nothing), or `None` in exact mode.
+#[inline(always)]
+pub fn sampled_slot(addr: u64) -> Option<*mut u64> {
+    if SAMPLE_BYTES.load() == 0 {
+        return None;
+    }
+    let slot = ((addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32 & (SAMPLED_FILTER_SLOTS - 1);
+    SAMPLED_FILTER.get_ptr_mut(slot)
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` is -1) to a [`SAMPLED_FILTER`] slot, atomically: CPUs
+/// share it.
+#[inline(always)]
+pub fn sampled_add(slot: *mut u64, delta: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: `slot` is a valid, 8-aligned map value; the add is one BPF atomic instruction.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, delta) };
+}
+
 /// Mean sampling interval in bytes (`--sample-bytes`); 0: every allocation is recorded.
 #[unsafe(no_mangle)]
 pub static SAMPLE_BYTES: Global<u64> = Global::new(0);
