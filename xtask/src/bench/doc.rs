@@ -644,8 +644,9 @@ fn sampled_error(s: &mut String, r: &Results, t: &Truth) {
         s,
         "`sampled` ran the leak {} times: once per round, plus {} untimed runs for this estimate\n\
          (`--estimate-runs`){}. Over those runs the error has a mean of {:+.1} % ± {:.1} % (standard\n\
-         error), {verdict}; its standard deviation is {:.1} %. Poisson sampling at {} bytes predicts\n\
-         about √(R / true bytes) = {:.1} %: each sampled object stands for about R bytes.\n",
+         error), {verdict}.\n\
+         Its standard deviation is {:.1} %; Poisson sampling at {} bytes predicts about\n\
+         √(R / true bytes) = {:.1} %: each sampled object stands for about R bytes.\n",
         errors.len(),
         r.estimate_runs,
         match r.estimate_failures {
@@ -924,12 +925,13 @@ mod tests {
             text.contains(
                 "`sampled` ran the leak 4 times: once per round, plus 3 untimed runs for this estimate\n\
                  (`--estimate-runs`); 1 more failed and are left out. Over those runs the error has a mean of +3.0 % ± 4.5 % (standard\n\
-                 error), within two standard errors of zero: no bias shows at this precision; its standard deviation is 9.0 %."
+                 error), within two standard errors of zero: no bias shows at this precision.\n\
+                 Its standard deviation is 9.0 %;"
             ),
             "{text}"
         );
         // √(524,288 / 61,300,000)
-        assert!(text.contains("= 9.2 %: each sampled object"), "{text}");
+        assert!(text.contains("√(R / true bytes) = 9.2 %: each sampled object"), "{text}");
         // A mean far from zero in standard errors is called out.
         r.findings.insert(Mode::Sampled, vec![f(0.10), f(0.11), f(0.09), f(0.10)]);
         assert!(render(&r).contains("more than two standard errors from zero"));
