@@ -260,20 +260,7 @@ impl Span {
         self.hi = 0;
         let hi = frame.wrapping_add(FRAME_WINDOW as u64);
         let lo = (frame & !(PAGE_BYTES - 1)).max(hi.wrapping_sub(SPAN_BYTES as u64));
-        let len = hi.wrapping_sub(lo);
-        if hi < frame || len > SPAN_BYTES as u64 {
-            return false;
-        }
-        // SAFETY: the helper validates the source; the destination is this CPU's buffer,
-        // SPAN_BYTES long, and `len` is at most that.
-        let failed = unsafe {
-            helper::bpf_probe_read_user(self.words.as_mut_ptr().cast(), len as u32, lo as *const c_void)
-        };
-        if failed != 0 {
-            return false;
-        }
-        (self.lo, self.hi) = (lo, hi);
-        true
+        hi >= frame && self.copy(lo, hi.wrapping_sub(lo))
     }
 
     /// Copies the memory above `shim`, its window included: up to [`SPAN_BYTES`], else to the
@@ -284,27 +271,27 @@ impl Span {
         self.hi = 0;
         let end = shim.wrapping_add(FRAME_WINDOW as u64);
         let page_end = end.wrapping_add(PAGE_BYTES - 1) & !(PAGE_BYTES - 1);
-        if end < shim || page_end < end {
+        end >= shim
+            && page_end >= end
+            && (self.copy(shim, SPAN_BYTES as u64) || self.copy(shim, page_end.wrapping_sub(shim)))
+    }
+
+    /// Copies `len` bytes of the target's memory from `lo` into the buffer and makes them the
+    /// span. False, the span left as it was, if `len` exceeds the buffer or the read fails.
+    #[inline(always)]
+    fn copy(&mut self, lo: u64, len: u64) -> bool {
+        if len > SPAN_BYTES as u64 {
             return false;
         }
-        let dst = self.words.as_mut_ptr().cast();
         // SAFETY: the helper validates the source; the destination is this CPU's buffer,
-        // SPAN_BYTES long, and neither length exceeds it (page_end - shim <= PAGE_BYTES +
-        // FRAME_WINDOW - 1 < SPAN_BYTES).
-        let mut len = SPAN_BYTES as u64;
-        let mut failed = unsafe { helper::bpf_probe_read_user(dst, len as u32, shim as *const c_void) };
-        if failed != 0 {
-            len = page_end.wrapping_sub(shim);
-            if len > SPAN_BYTES as u64 {
-                return false;
-            }
-            // SAFETY: as above.
-            failed = unsafe { helper::bpf_probe_read_user(dst, len as u32, shim as *const c_void) };
-        }
+        // SPAN_BYTES long, and `len` is at most that.
+        let failed = unsafe {
+            helper::bpf_probe_read_user(self.words.as_mut_ptr().cast(), len as u32, lo as *const c_void)
+        };
         if failed != 0 {
             return false;
         }
-        (self.lo, self.hi) = (shim, shim.wrapping_add(len));
+        (self.lo, self.hi) = (lo, lo.wrapping_add(len));
         true
     }
 
