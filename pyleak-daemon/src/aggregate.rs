@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use pyleak_common::{Counter, STACK_NO_PYTHON, STACK_READ_ERROR, STACK_TRUNCATED, StackCounters};
 
-use crate::model::{Frame, NativeFrame, PythonInfo, Report, StackStats, Totals};
+use crate::model::{Frame, NativeFrame, ProgramCost, PythonInfo, Report, StackStats, Totals};
 
 /// A stack id's frames, symbolized.
 #[derive(Clone, Debug)]
@@ -29,6 +29,8 @@ pub struct Inputs<'a> {
     /// `sampling::COUNT_ONE` units.
     pub sample_bytes: u64,
     pub counters: Vec<(Counter, u64)>,
+    /// `--bpf-stats`: the kernel programs' run counts and times.
+    pub kernel_programs: Option<Vec<ProgramCost>>,
     pub resolved: &'a HashMap<u64, ResolvedStack>,
 }
 
@@ -126,6 +128,7 @@ pub fn build(inp: Inputs<'_>) -> Report {
         totals,
         stacks,
         sample_bytes: (inp.sample_bytes > 0).then_some(inp.sample_bytes),
+        kernel_programs: inp.kernel_programs,
     }
 }
 
@@ -177,6 +180,7 @@ mod tests {
             stats: vec![(2, churn), (1, counters(10))],
             live: None,
             sample_bytes: 0,
+            kernel_programs: None,
             counters: vec![(Counter::LostLiveFull, 3), (Counter::Allocs, 99)],
             resolved: &resolved,
         });
@@ -202,6 +206,7 @@ mod tests {
             stats: vec![(1, counters(10))],
             live: Some(vec![(1, 100, 5, 1), (1, 100, 6, 1)]),
             sample_bytes: 0,
+            kernel_programs: None,
             counters: vec![],
             resolved: &resolved,
         });

@@ -246,6 +246,12 @@ pub struct CaptureArgs {
     /// trace you leave on; leaks of a few MiB stand out, smaller ones need a smaller BYTES.
     #[arg(long, value_name = "BYTES", value_parser = crate::sampling::parse_sample_bytes)]
     pub sample_bytes: Option<u64>,
+    /// Also report what pyleak's kernel programs cost the traced process: per program, its
+    /// runs and the time spent in it (the kernel's own accounting, the probe traps
+    /// excluded). Turns on the kernel's eBPF run-time statistics while pyleak runs: host-wide,
+    /// two clock reads per program run.
+    #[arg(long)]
+    pub bpf_stats: bool,
     /// Benchmarks only: attach programs that do nothing, at the same sites, so a run costs
     /// only the traps (the floor under pyleak's own work). Reports nothing.
     #[arg(long, hide = true)]

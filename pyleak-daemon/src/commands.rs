@@ -24,6 +24,7 @@ fn load_options(c: &CaptureArgs) -> LoadOptions {
         max_stacks: c.max_stacks,
         sample_bytes: c.sample_bytes.unwrap_or(0),
         empty_programs: c.empty_programs,
+        bpf_stats: c.bpf_stats,
     }
 }
 

@@ -88,6 +88,9 @@ pub struct Limits {
     pub min_age: Option<Duration>,
     /// Poisson sampling by bytes with this mean interval (0: record every allocation).
     pub sample_bytes: u64,
+    /// Export what pyleak's kernel programs cost each process (the kernel's eBPF run-time
+    /// statistics, turned on while the daemon runs).
+    pub bpf_stats: bool,
 }
 
 impl Default for Limits {
@@ -100,6 +103,7 @@ impl Default for Limits {
             metrics_top_stacks: DEFAULT_METRICS_TOP_STACKS,
             min_age: None,
             sample_bytes: 0,
+            bpf_stats: false,
         }
     }
 }
@@ -113,6 +117,7 @@ impl Limits {
             max_stacks: self.max_stacks,
             sample_bytes: self.sample_bytes,
             empty_programs: false,
+            bpf_stats: self.bpf_stats,
         }
     }
 }
@@ -369,6 +374,7 @@ struct RawLimits {
     metrics_top_stacks: Option<Spanned<u64>>,
     min_age_secs: Option<Spanned<f64>>,
     sample_bytes: Option<Spanned<u64>>,
+    bpf_stats: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -507,6 +513,7 @@ fn compile_limits(src: &Source, raw: RawLimits) -> Result<Limits, ConfigError> {
             0,
             Some((pyleak_common::sampling::MAX_SAMPLE_BYTES, "larger intervals see too little to estimate")),
         )?,
+        bpf_stats: raw.bpf_stats.unwrap_or(d.bpf_stats),
     })
 }
 
@@ -873,6 +880,7 @@ mod tests {
             "metrics_top_stacks",
             "min_age_secs",
             "sample_bytes",
+            "bpf_stats",
             "[log]",
             "level",
         ] {
@@ -918,6 +926,7 @@ max_live_allocations = 5000
 stack_depth = 128
 metrics_top_stacks = 0
 min_age_secs = 0.5
+bpf_stats = true
 [log]
 level = "debug"
 "#,
@@ -934,6 +943,7 @@ level = "debug"
                 metrics_top_stacks: 0,
                 min_age: Some(Duration::from_millis(500)),
                 sample_bytes: 0,
+                bpf_stats: true,
             }
         );
         assert_eq!(config.log_level.as_str(), "debug");
@@ -1135,6 +1145,13 @@ level = "debug"
         assert!(msg.starts_with("test.toml:4:3: target.pids: invalid value: integer `-3`"), "{msg}");
         let msg = error("[target]\npids = [1]\n");
         assert!(msg.contains("write `[[target]]` (an array of tables), not `[target]`"), "{msg}");
+        let msg = error("[limits]\nbpf_stats = \"yes\"\n");
+        assert!(
+            msg.starts_with(
+                "test.toml:2:13: limits.bpf_stats: invalid type: string \"yes\", expected a boolean"
+            ),
+            "{msg}"
+        );
         let msg = error("listen = 9464\n");
         assert!(
             msg.starts_with("test.toml:1:10: listen: invalid type: integer `9464`, expected a string"),
@@ -1156,7 +1173,7 @@ level = "debug"
             error("[limits]\nmax_proceses = 3\n"),
             "test.toml:2:1: limits.max_proceses: unknown key `max_proceses`; did you mean `max_processes`? \
              (known keys here: max_processes, max_stacks, max_live_allocations, stack_depth, \
-             metrics_top_stacks, min_age_secs, sample_bytes)"
+             metrics_top_stacks, min_age_secs, sample_bytes, bpf_stats)"
         );
         assert_eq!(
             error("[limit]\nmax_processes = 3\n"),

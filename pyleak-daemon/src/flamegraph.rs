@@ -571,6 +571,7 @@ mod tests {
             totals: Totals::default(),
             stacks,
             sample_bytes: None,
+            kernel_programs: None,
         }
     }
 

@@ -45,6 +45,10 @@
 //!   all the others — 0 when none were folded; it is always there, so `sum by (pid)` over this
 //!   metric equals the process's outstanding bytes in the stacks of the report;
 //! - `pyleak_stack_folded_stacks` (gauge): how many stacks `other` sums.
+//! - `pyleak_bpf_program_runs_total{pid,comm,program}` and
+//!   `pyleak_bpf_program_run_seconds_total{pid,comm,program}` (counters; only with
+//!   `limits.bpf_stats`): each pyleak kernel program's runs in the process and the time
+//!   spent in it, as the kernel accounts it (the probe traps excluded).
 //!
 //! `stack` is a stable id: 16 hex digits of a 64-bit FNV-1a hash of the whole stack (function,
 //! qualified name, file and line of every frame), the same across scrapes and daemon restarts
@@ -56,9 +60,10 @@
 //! two kernel stack ids) are summed first, so no series is ever duplicated.
 //!
 //! Cardinality is bounded: at most `processes × (N + 1)` stack series, plus per process at
-//! most 10 series and [`pyleak_common::Counter::COUNT`] kernel event series, plus
-//! `2 + AttachFailure::ALL.len()` daemon-wide — with the defaults (16 processes, N = 20)
-//! under 750 series.
+//! most 10 series, [`pyleak_common::Counter::COUNT`] (17) kernel event series and, with
+//! `limits.bpf_stats`, 2 per kernel program that ran (at most 8), plus
+//! `2 + AttachFailure::ALL.len()` daemon-wide — with the defaults (16 processes, N = 20) at
+//! most 775 series, 1,031 with `limits.bpf_stats`.
 //!
 //! # Formats, and promtool
 //!
@@ -77,7 +82,7 @@ use std::{collections::HashMap, fmt};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
@@ -93,7 +98,8 @@ pub struct ProcessSnapshot {
     /// `/proc/PID/comm` (the `comm` label).
     pub comm: String,
     /// The process's report, shaped with whole-stack grouping. Its `pid`, `python.version`,
-    /// `python.coverage`, `totals` (including `lost_events`) and `stacks` are exported.
+    /// `python.coverage`, `totals` (including `lost_events`), `stacks`, `sample_bytes` and
+    /// `kernel_programs` are exported.
     pub report: Report,
     /// Resident set size (`VmRSS`), if it could be read.
     pub rss_bytes: Option<u64>,
@@ -364,6 +370,8 @@ struct ProcessSeries {
     sample_bytes: u64,
     probe_hits: Option<u64>,
     kernel_events: Vec<(&'static str, u64)>,
+    /// `--bpf-stats`: (program, runs, seconds in it).
+    programs: Vec<(String, u64, f64)>,
     stacks: TopStacks,
 }
 
@@ -400,6 +408,12 @@ impl Exposition {
                     sample_bytes: r.sample_bytes.unwrap_or(0),
                     probe_hits: p.probe_hits,
                     kernel_events: p.kernel_events.iter().map(|(c, v)| (c.name(), *v)).collect(),
+                    programs: r
+                        .kernel_programs
+                        .iter()
+                        .flatten()
+                        .map(|c| (c.program.clone(), c.runs, c.run_time_ns as f64 / 1e9))
+                        .collect(),
                     stacks: top_stacks(&r.stacks, top_stacks_per_process),
                 }
             })
@@ -426,11 +440,14 @@ const fn desc(name: &'static str, help: &'static str, bytes: bool, kind: MetricT
 }
 
 /// Writes one family (nothing when `rows` is empty: no descriptor without a sample).
-fn family<const N: usize>(
+fn family<const N: usize, V>(
     enc: &mut DescriptorEncoder,
     d: &Desc,
-    rows: &[([(&'static str, &str); N], u64)],
-) -> fmt::Result {
+    rows: &[([(&'static str, &str); N], V)],
+) -> fmt::Result
+where
+    V: EncodeCounterValue + EncodeGaugeValue + Copy + fmt::Debug,
+{
     if rows.is_empty() {
         return Ok(());
     }
@@ -456,7 +473,7 @@ impl Collector for Exposition {
         family(
             e,
             &info("build", "The running pyleak's version."),
-            &[([("version", self.version.as_str())], 1)],
+            &[([("version", self.version.as_str())], 1u64)],
         )?;
         family(
             e,
@@ -489,7 +506,7 @@ impl Collector for Exposition {
                     ("python_version", p.python_version.as_str()),
                     ("coverage", p.coverage.as_str()),
                 ];
-                (labels, 1)
+                (labels, 1u64)
             })
             .collect();
         family(
@@ -562,6 +579,35 @@ impl Collector for Exposition {
             &counter("kernel_events", "Events counted by pyleak's kernel programs, by kind.", false),
             &kernel,
         )?;
+        let (mut runs, mut seconds) = (Vec::new(), Vec::new());
+        for p in ps {
+            for (program, n, secs) in &p.programs {
+                let labels =
+                    [("pid", p.pid.as_str()), ("comm", p.comm.as_str()), ("program", program.as_str())];
+                runs.push((labels, *n));
+                seconds.push((labels, *secs));
+            }
+        }
+        family(
+            e,
+            &counter(
+                "bpf_program_runs",
+                "Runs of each of pyleak's kernel programs in the process (with limits.bpf_stats).",
+                false,
+            ),
+            &runs,
+        )?;
+        family(
+            e,
+            &Desc {
+                name: "bpf_program_run",
+                help: "Time spent in each of pyleak's kernel programs in the process, the probes' traps \
+                       excluded (the kernel's eBPF run-time statistics, with limits.bpf_stats).",
+                unit: Some(Unit::Seconds),
+                kind: MetricType::Counter,
+            },
+            &seconds,
+        )?;
 
         let lines: Vec<Vec<String>> =
             ps.iter().map(|p| p.stacks.top.iter().map(|s| s.line.to_string()).collect()).collect();
@@ -617,7 +663,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::model::{PythonInfo, Totals};
+    use crate::model::{ProgramCost, PythonInfo, Totals};
 
     fn frame(file: &str, line: u32, qualname: &str) -> Frame {
         Frame {
@@ -670,13 +716,19 @@ mod tests {
             },
             stacks,
             sample_bytes: None,
+            kernel_programs: None,
         }
     }
 
     fn snapshot(pid: u32, comm: &str, extra: Vec<StackStats>) -> ProcessSnapshot {
+        let mut report = report(pid, extra);
+        report.kernel_programs = Some(vec![
+            ProgramCost { program: "alloc_exit".to_string(), runs: 2000, run_time_ns: 3_000_000 },
+            ProgramCost { program: "free_enter".to_string(), runs: 1500, run_time_ns: 600_000 },
+        ]);
         ProcessSnapshot {
             comm: comm.to_string(),
-            report: report(pid, extra),
+            report,
             rss_bytes: Some(50 << 20),
             probe_hits: Some(123_456),
             kernel_events: vec![
@@ -694,17 +746,14 @@ mod tests {
         d
     }
 
-    /// Two processes, one with awkward strings in its labels.
+    /// Two processes, one with awkward strings in its labels (and no optional values).
     fn sample() -> Vec<ProcessSnapshot> {
         let odd = frame("/srv/we\"ird\\dir/new\nline.py", 7, "Odd.<lambda>");
+        let mut bare = snapshot(77, "gunicorn: work", vec![stack(1_000_000, vec![odd]), stack(5, vec![])]);
+        bare.report.kernel_programs = None;
         vec![
             snapshot(4242, "python3", vec![]),
-            ProcessSnapshot {
-                rss_bytes: None,
-                probe_hits: None,
-                kernel_events: vec![],
-                ..snapshot(77, "gunicorn: work", vec![stack(1_000_000, vec![odd]), stack(5, vec![])])
-            },
+            ProcessSnapshot { rss_bytes: None, probe_hits: None, kernel_events: vec![], ..bare },
         ]
     }
 
@@ -817,6 +866,23 @@ mod tests {
             ]
         );
         assert_eq!(lines_of(&text, "pyleak_lost_events_total").len(), 2);
+        assert_eq!(
+            lines_of(&text, "pyleak_bpf_program_runs_total"),
+            [
+                "pyleak_bpf_program_runs_total{pid=\"4242\",comm=\"python3\",program=\"alloc_exit\"} 2000",
+                "pyleak_bpf_program_runs_total{pid=\"4242\",comm=\"python3\",program=\"free_enter\"} 1500",
+            ]
+        );
+        assert!(text.contains(
+            "# TYPE pyleak_bpf_program_run_seconds counter\n# UNIT pyleak_bpf_program_run_seconds seconds\n"
+        ));
+        assert_eq!(
+            lines_of(&text, "pyleak_bpf_program_run_seconds_total"),
+            [
+                "pyleak_bpf_program_run_seconds_total{pid=\"4242\",comm=\"python3\",program=\"alloc_exit\"} 0.003",
+                "pyleak_bpf_program_run_seconds_total{pid=\"4242\",comm=\"python3\",program=\"free_enter\"} 0.0006",
+            ]
+        );
 
         let stacks = lines_of(&text, "pyleak_stack_outstanding_bytes");
         let id = |line: u32| {
@@ -872,7 +938,8 @@ mod tests {
         let text = render(&procs, &DaemonSnapshot::default(), 20, Format::OpenMetrics);
         assert_eq!(lines_of(&text, "pyleak_stack_outstanding_bytes").len(), 4 * (20 + 1));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        let per_process = 10 + 2; // the families of the module docs, 2 kernel events here
+        // The families of the module docs, 2 kernel events and 2 programs here.
+        let per_process = 10 + 2 + 2 * 2;
         assert_eq!(samples, 2 + AttachFailure::ALL.len() + 4 * (per_process + 21));
     }
 
@@ -1110,6 +1177,8 @@ mod tests {
         assert_eq!(value(&total[0]), "550");
         let failures = query(&web, "pyleak_attach_failures_total{reason=\"not_python\"}");
         assert_eq!(value(&failures[0]), "2");
+        let seconds = query(&web, "pyleak_bpf_program_run_seconds_total{program=\"alloc_exit\"}");
+        assert_eq!(value(&seconds[0]), "0.003");
         drop(server);
     }
 }

@@ -112,4 +112,25 @@ pub struct Report {
     /// in bytes. Every byte and count in the report is then an unbiased estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_bytes: Option<u64>,
+    /// Present with `--bpf-stats`: what pyleak's kernel programs cost this process so far,
+    /// per program that ran (the kernel's own run-time statistics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_programs: Option<Vec<ProgramCost>>,
+}
+
+/// One of pyleak's kernel programs, as the kernel accounts for it (`BPF_ENABLE_STATS`): how
+/// often it ran and the time spent in it, the probe's trap excluded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramCost {
+    /// The program's name in pyleak's object (`alloc_exit`, `free_enter`, ...).
+    pub program: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+impl ProgramCost {
+    /// Mean time per run in nanoseconds (0 if it never ran).
+    pub fn ns_per_run(&self) -> f64 {
+        if self.runs == 0 { 0.0 } else { self.run_time_ns as f64 / self.runs as f64 }
+    }
 }

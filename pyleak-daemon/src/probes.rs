@@ -1,6 +1,12 @@
 //! Loading pyleak's kernel programs, attaching them to a process's allocator functions, and
 //! reading the maps they fill. This is the only module that touches aya types.
-use std::{collections::HashMap as StdHashMap, num::NonZeroU32, os::fd::AsRawFd, path::Path};
+use std::{
+    collections::HashMap as StdHashMap,
+    num::NonZeroU32,
+    os::fd::{AsRawFd, OwnedFd},
+    path::Path,
+    sync::OnceLock,
+};
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
@@ -20,7 +26,7 @@ use pyleak_common::{
     StackTrace,
 };
 
-use crate::btf;
+use crate::{btf, model::ProgramCost};
 
 /// The kernel object, built by build.rs.
 pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pyleak"));
@@ -89,6 +95,9 @@ pub struct LoadOptions {
     pub sample_bytes: u64,
     /// `--empty-programs` (benchmarks): attach programs that do nothing, at the same sites.
     pub empty_programs: bool,
+    /// `--bpf-stats`: have the kernel account each program's runs and run time (see
+    /// [`enable_run_time_stats`]), and report them.
+    pub bpf_stats: bool,
 }
 
 impl Default for LoadOptions {
@@ -99,7 +108,26 @@ impl Default for LoadOptions {
             max_stacks: pyleak_common::DEFAULT_MAX_STACKS,
             sample_bytes: 0,
             empty_programs: false,
+            bpf_stats: false,
         }
+    }
+}
+
+/// The fd that keeps the kernel's run-time statistics of eBPF programs on; they stay on for
+/// as long as pyleak runs (the kernel turns them off when the last such fd closes).
+static RUN_TIME_STATS: OnceLock<std::result::Result<OwnedFd, String>> = OnceLock::new();
+
+/// `--bpf-stats`: turns on the kernel's accounting of every eBPF program's runs and run time
+/// (`BPF_ENABLE_STATS`, the fd form of `sysctl kernel.bpf_stats_enabled=1`), once per pyleak
+/// process. It is host-wide and costs each program run on the host two clock reads.
+pub fn enable_run_time_stats() -> Result<()> {
+    let enabled = RUN_TIME_STATS
+        .get_or_init(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| format!("{e}")));
+    match enabled {
+        Ok(_) => Ok(()),
+        Err(e) => Err(permission_hint(anyhow!(
+            "cannot turn on the kernel's eBPF run-time statistics for --bpf-stats (BPF_ENABLE_STATS, Linux 5.8+): {e}"
+        ))),
     }
 }
 
@@ -163,6 +191,9 @@ impl Probes {
     /// before trying when the capability is plainly absent.
     pub fn load(opts: LoadOptions) -> Result<(Probes, Tables, RingBuf<MapData>)> {
         check_loadable()?;
+        if opts.bpf_stats {
+            enable_run_time_stats()?;
+        }
         let fsbase = btf::task_fsbase_offset().context(
             "finding task_struct.thread.fsbase in the kernel's BTF (needed to read thread-local state)",
         )?;
@@ -285,6 +316,27 @@ impl Probes {
         }
         self.links.entry(pid).or_default().extend(links);
         Ok(())
+    }
+
+    /// Each of this object's programs that ran: its runs and run time so far, as the kernel
+    /// accounts them while run-time statistics are on (see [`enable_run_time_stats`]). The
+    /// object serves one process, so these are that process's costs. Sorted by run time,
+    /// largest first.
+    pub fn program_costs(&self) -> Vec<ProgramCost> {
+        let mut costs: Vec<ProgramCost> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                (info.run_count() > 0).then(|| ProgramCost {
+                    program: name.to_string(),
+                    runs: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect();
+        costs.sort_by(|a, b| b.run_time_ns.cmp(&a.run_time_ns).then_with(|| a.program.cmp(&b.program)));
+        costs
     }
 
     /// Detaches everything attached for `pid` and forgets it on the kernel side.

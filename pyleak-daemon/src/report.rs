@@ -40,7 +40,7 @@ use anyhow::{Context, Result, bail};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::flamegraph;
-use crate::model::{Frame, NativeFrame, Report, StackStats};
+use crate::model::{Frame, NativeFrame, ProgramCost, Report, StackStats};
 
 /// How stacks are merged, like the `key_type` of tracemalloc's `Snapshot.statistics()`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -336,6 +336,7 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
         totals: report.totals.clone(),
         stacks,
         sample_bytes: report.sample_bytes,
+        kernel_programs: report.kernel_programs.clone(),
     })
 }
 
@@ -404,6 +405,9 @@ fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::
             totals.lost_events
         )?;
     }
+    if let Some(programs) = &report.kernel_programs {
+        render_program_costs(programs, out)?;
+    }
     writeln!(out)?;
 
     if report.stacks.is_empty() {
@@ -456,6 +460,28 @@ fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::
                 writeln!(out, "    ... (stack truncated)")?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `--bpf-stats`: the time pyleak's kernel programs took in the target, per program.
+fn render_program_costs(programs: &[ProgramCost], out: &mut dyn Write) -> io::Result<()> {
+    let total_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
+    let runs: u64 = programs.iter().map(|p| p.runs).sum();
+    writeln!(
+        out,
+        "kernel programs: {:.3} s in {runs} runs (the kernel's accounting; the probes' traps cost extra)",
+        total_ns as f64 / 1e9
+    )?;
+    for p in programs {
+        writeln!(
+            out,
+            "    {:<22} {:>12} runs {:>10.0} ns/run {:>9.3} s",
+            p.program,
+            p.runs,
+            p.ns_per_run(),
+            p.run_time_ns as f64 / 1e9
+        )?;
     }
     Ok(())
 }
@@ -543,6 +569,7 @@ mod tests {
             },
             stacks,
             sample_bytes: None,
+            kernel_programs: None,
         }
     }
 
@@ -904,6 +931,36 @@ mod tests {
         assert!(text.contains(
             "no outstanding allocations seen in the selected stacks (2.9 MiB outstanding overall)"
         ));
+    }
+
+    #[test]
+    fn program_costs_are_listed_only_when_measured() {
+        let mut r = report(vec![stack(2048, 2, 4096, vec![handle(), main_frame()])]);
+        let text = table(&r, GroupBy::Line);
+        assert!(!text.contains("kernel programs"), "{text}");
+        r.kernel_programs = Some(vec![
+            ProgramCost { program: "alloc_exit".into(), runs: 2_000_000, run_time_ns: 3_020_000_000 },
+            ProgramCost { program: "free_enter".into(), runs: 1_900_000, run_time_ns: 703_000_000 },
+        ]);
+        let shaped = shape(&r, &opts(GroupBy::Line)).unwrap();
+        assert_eq!(shaped.kernel_programs, r.kernel_programs, "shaping keeps them");
+        let text = table(&shaped, GroupBy::Line);
+        let lines: Vec<&str> =
+            text.lines().skip_while(|l| !l.starts_with("kernel programs")).take(3).collect();
+        assert_eq!(
+            lines,
+            [
+                "kernel programs: 3.723 s in 3900000 runs (the kernel's accounting; the probes' traps cost extra)",
+                "    alloc_exit                  2000000 runs       1510 ns/run     3.020 s",
+                "    free_enter                  1900000 runs        370 ns/run     0.703 s",
+            ]
+        );
+        let mut out = Vec::new();
+        render(&shaped, Format::Json, GroupBy::Line, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["kernel_programs"][0]["program"], "alloc_exit");
+        assert_eq!(v["kernel_programs"][1]["run_time_ns"], 703_000_000);
+        assert_eq!(serde_json::from_value::<Report>(v).unwrap(), shaped);
     }
 
     #[test]

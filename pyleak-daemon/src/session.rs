@@ -88,6 +88,8 @@ pub struct Session {
     worker: Option<JoinHandle<()>>,
     started: Instant,
     sample_bytes: u64,
+    /// `--bpf-stats`: reports carry the kernel programs' costs.
+    bpf_stats: bool,
 }
 
 /// Turns stack ids into symbolized frames as soon as they appear.
@@ -194,6 +196,7 @@ impl Session {
             worker: Some(worker),
             started: Instant::now(),
             sample_bytes: opts.sample_bytes,
+            bpf_stats: opts.bpf_stats,
         })
     }
 
@@ -263,6 +266,7 @@ impl Session {
             live,
             sample_bytes: self.sample_bytes,
             counters,
+            kernel_programs: self.bpf_stats.then(|| self.probes.program_costs()),
             resolved: &resolver.resolved,
         })
     }

@@ -848,6 +848,16 @@ pub struct ReportJson {
     /// Present for sampled reports (`--sample-bytes`).
     #[serde(default)]
     pub sample_bytes: Option<u64>,
+    /// Present with `--bpf-stats`: per kernel program that ran, its runs and run time.
+    #[serde(default)]
+    pub kernel_programs: Option<Vec<ProgramCost>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ProgramCost {
+    pub program: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
 }
 
 #[derive(Debug, Deserialize)]

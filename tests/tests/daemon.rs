@@ -300,7 +300,12 @@ fn encode(s: &str) -> String {
 fn prometheus_scrapes_the_leak_and_dump_fetches_flamegraphs() {
     let _serial = serial();
     let python = python();
-    let daemon = Daemon::start(&["--match", r"slow_leak\.py"], &[]);
+    // With the kernel programs' costs exported too (limits.bpf_stats), so promtool and
+    // Prometheus check those series as well.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pyleak.toml");
+    std::fs::write(&config, "[limits]\nbpf_stats = true\n").unwrap();
+    let daemon = Daemon::start(&["--config", config.to_str().unwrap(), "--match", r"slow_leak\.py"], &[]);
     let mut target = Target::spawn(&python, "slow_leak.py", &[]);
     target.wait_for_line("ready");
     let pid = target.pid();
@@ -342,8 +347,22 @@ fn prometheus_scrapes_the_leak_and_dump_fetches_flamegraphs() {
         "outstanding bytes at slow_leak.py:{line} should rise between scrapes: {first} then {second}\n--- log:\n{}",
         daemon.log()
     );
+    // The kernel's accounting of the programs that recorded those bytes: time was spent in
+    // the return program, and at most a millisecond per run (a unit mistake would not be).
+    let runs = prometheus.value(
+        &format!(r#"pyleak_bpf_program_runs_total{{pid="{pid}",program="alloc_exit"}}"#),
+        Duration::from_secs(10),
+    );
+    let seconds = prometheus.value(
+        &format!(r#"pyleak_bpf_program_run_seconds_total{{pid="{pid}",program="alloc_exit"}}"#),
+        Duration::from_secs(10),
+    );
+    assert!(
+        runs > 0.0 && seconds > 0.0 && seconds / runs < 1e-3,
+        "alloc_exit: {runs} runs, {seconds} s\n--- log:\n{}",
+        daemon.log()
+    );
 
-    let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("leak.svg");
     let url = daemon.url();
     let pid_arg = pid.to_string();

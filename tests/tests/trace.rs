@@ -33,6 +33,7 @@ fn trace_leak_basic_stack_and_bytes() {
         let truth = tracemalloc_truth(python, "leak_basic.py").marker("LEAK");
 
         let report = trace_scenario(python, "leak_basic.py", &[]);
+        assert!(report.json.kernel_programs.is_none(), "program costs without --bpf-stats\n{report}");
 
         let top = report.top();
         assert!(top.is_at("leak_basic.py", leak), "the top stack is not at leak_basic.py:{leak}\n{report}");
@@ -254,6 +255,50 @@ fn trace_duration_ends_trace() {
         let duration = report.json.duration_s;
         assert!((4.5..=30.0).contains(&duration), "duration_s is {duration}, want about 5\n{report}");
         report.expect_stack_at("leak_basic.py", leak);
+    });
+}
+
+/// `--bpf-stats` reports what each kernel program cost, from the kernel's own accounting:
+/// leak_basic.py makes LEAK_COUNT * (1 + CHURN_PER_LEAK) allocations of about 1 KB and frees
+/// the churn, so the return program ran at least once per allocation and the free program
+/// once per freed block; the times are nanoseconds (more than 10 and under a millisecond
+/// per run, which a unit mistake or an unset statistic would not be), and only pyleak's own
+/// programs of this trace are listed (the benchmark's empty ones are not attached).
+#[test]
+fn trace_bpf_stats_account_each_program() {
+    for_each_python(|python| {
+        let path = script("leak_basic.py");
+        let leaked = script_const(&path, "LEAK_COUNT");
+        let churned = leaked * script_const(&path, "CHURN_PER_LEAK");
+        let report = trace_scenario(python, "leak_basic.py", &["--bpf-stats"]);
+        let programs = report.json.kernel_programs.as_ref().unwrap_or_else(|| panic!("no costs\n{report}"));
+        let known = [
+            "malloc_enter",
+            "calloc_enter",
+            "realloc_enter",
+            "posix_memalign_enter",
+            "aligned_alloc_enter",
+            "alloc_exit",
+            "free_enter",
+            "finalize_enter",
+        ];
+        for p in programs {
+            assert!(known.contains(&p.program.as_str()), "unexpected program {}\n{report}", p.program);
+            let ns = p.run_time_ns as f64 / p.runs as f64;
+            assert!(p.runs > 0 && (10.0..1e6).contains(&ns), "{}: {ns} ns per run\n{report}", p.program);
+        }
+        let runs = |name: &str| programs.iter().find(|p| p.program == name).map_or(0, |p| p.runs);
+        assert!(
+            runs("alloc_exit") >= leaked + churned,
+            "alloc_exit ran {} times\n{report}",
+            runs("alloc_exit")
+        );
+        assert!(runs("free_enter") >= churned, "free_enter ran {} times\n{report}", runs("free_enter"));
+        assert!(
+            report.json.kernel_programs.iter().flatten().is_sorted_by(|a, b| a.run_time_ns >= b.run_time_ns),
+            "not sorted by run time\n{report}"
+        );
+        assert!(report.top().is_at("leak_basic.py", marker_line(&path, "LEAK")), "{report}");
     });
 }
 
