@@ -4,8 +4,10 @@
 //! into a private venv ([`venv`]), plus `xtask/bench/leak.py` (a handler that leaks amid
 //! churn). It runs each one under every [`Mode`] — no tracing, pyleak's modes, tracemalloc,
 //! memray — interleaved, `--runs` rounds, and reports medians, slowdowns against no tracing and
-//! their geometric mean, pyleak's own CPU time and peak RSS, how well each pyleak mode finds
-//! the leak, and pyleak's memory with 1,000,000 allocations outstanding
+//! their geometric mean, pyleak's own CPU time and peak RSS, where the added time goes (one
+//! untimed `--bpf-stats` run per workload in `exact`, `sampled` and `floor`: the kernel's
+//! accounting of pyleak's programs), how well each pyleak mode finds the leak, and pyleak's
+//! memory with 1,000,000 allocations outstanding
 //! (`xtask/bench/million.py`). [`doc`] turns that into `docs/BENCHMARKS.md`.
 //!
 //! One run ([`run`]) times the program alone: `xtask/bench/wrapper.py` compiles it, waits on
@@ -30,7 +32,7 @@ use crate::{
     host, setup,
 };
 
-use doc::{Finding, Machine, MemoryFinding, Results, Sample, Truth};
+use doc::{Finding, Machine, MemoryFinding, PROGRAM_TIME_MODES, ProgramTime, Results, Sample, Truth};
 
 /// The packages the bench's venv gets from PyPI, pinned (versions that work on CPython 3.12).
 const PACKAGES: &[(&str, &str)] = &[("pyperformance", "1.14.0"), ("pyperf", "2.11.0"), ("memray", "1.20.0")];
@@ -68,6 +70,10 @@ pub struct Args {
     /// Skip the measurement of pyleak's memory with 1,000,000 allocations outstanding
     #[arg(long)]
     no_memory: bool,
+    /// Skip the untimed `--bpf-stats` run per workload in `exact`, `sampled` and `floor` that
+    /// accounts for the kernel programs' time (where the added time goes)
+    #[arg(long)]
+    no_program_times: bool,
     /// Write the results here instead of docs/BENCHMARKS.md (`-` for standard output)
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -355,6 +361,9 @@ pub fn bench(args: &Args) -> Result<()> {
     if workloads.contains(&Workload::Leak) && modes.contains(&Mode::Sampled) {
         estimate_runs(&runner, &mut results, args.estimate_runs);
     }
+    if !args.no_program_times {
+        program_times(&runner, &mut results);
+    }
 
     if !args.no_memory {
         for &mode in modes.iter().filter(|m| matches!(m, Mode::Exact | Mode::Sampled | Mode::Floor)) {
@@ -413,6 +422,27 @@ fn estimate_runs(runner: &Runner, results: &mut Results, n: u32) {
     }
 }
 
+/// One untimed `--bpf-stats` run per workload in each of [`PROGRAM_TIME_MODES`] selected and
+/// not failed. A failed run is reported and kept as such; it does not drop the mode.
+fn program_times(runner: &Runner, results: &mut Results) {
+    for w in results.workloads.clone() {
+        for mode in PROGRAM_TIME_MODES {
+            if !results.modes.contains(&mode) || results.failed.contains_key(&mode) {
+                continue;
+            }
+            let tag = format!("program time, {} {}", w.name(), mode.name());
+            let found = runner.program_time(w, mode);
+            match &found {
+                Ok(p) => {
+                    eprintln!("bench: {tag}: {:.3} s in the kernel programs", ProgramTime::total_seconds(p))
+                }
+                Err(e) => eprintln!("bench: {tag}: FAILED: {e:#}"),
+            }
+            results.programs.insert((w, mode), found.map_err(|e| format!("{e:#}")));
+        }
+    }
+}
+
 /// Runs one program once in one mode.
 struct Runner<'a> {
     venv: &'a Venv,
@@ -458,6 +488,16 @@ impl Runner<'_> {
             truth,
             finding,
         })
+    }
+
+    /// One untimed run with `--bpf-stats`: the kernel's accounting of pyleak's programs.
+    fn program_time(&self, w: Workload, mode: Mode) -> Result<Vec<ProgramTime>> {
+        let program = w.program(self.venv);
+        let mut spec = self.spec(&program, mode, false);
+        spec.pyleak_flags.as_mut().context("not a pyleak mode")?.push("--bpf-stats".into());
+        let out = run::run(&spec)?;
+        let report = out.pyleak.and_then(|p| p.report).context("pyleak wrote no report")?;
+        ProgramTime::in_report(&report)
     }
 
     /// pyleak in `mode` on xtask/bench/million.py, its state read once the objects exist.

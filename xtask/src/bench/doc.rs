@@ -85,6 +85,40 @@ impl Finding {
     }
 }
 
+/// One of pyleak's kernel programs in a `--bpf-stats` run: the kernel's accounting of it
+/// (`kernel_programs` in pyleak's report), the traps excluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramTime {
+    pub program: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+impl ProgramTime {
+    /// The `kernel_programs` of a pyleak JSON report.
+    pub fn in_report(report: &Value) -> Result<Vec<ProgramTime>> {
+        let programs = report["kernel_programs"]
+            .as_array()
+            .context("the report has no `kernel_programs` (was it made with --bpf-stats?)")?;
+        programs
+            .iter()
+            .map(|p| {
+                let num = |k: &str| p[k].as_u64().with_context(|| format!("no number {k:?} in {p}"));
+                Ok(ProgramTime {
+                    program: p["program"].as_str().with_context(|| format!("no program name in {p}"))?.into(),
+                    runs: num("runs")?,
+                    run_time_ns: num("run_time_ns")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The programs' time together, seconds.
+    pub fn total_seconds(programs: &[ProgramTime]) -> f64 {
+        programs.iter().map(|p| p.run_time_ns).sum::<u64>() as f64 / 1e9
+    }
+}
+
 /// pyleak with `million.py`'s objects outstanding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryFinding {
@@ -151,7 +185,14 @@ pub struct Results {
     pub estimate_runs: u32,
     pub estimate_failures: u32,
     pub memory: Vec<(Mode, std::result::Result<MemoryFinding, String>)>,
+    /// The kernel programs' accounting in one untimed `--bpf-stats` run per workload and mode
+    /// of [`PROGRAM_TIME_MODES`], or why that run failed.
+    pub programs: BTreeMap<(Workload, Mode), std::result::Result<Vec<ProgramTime>, String>>,
 }
+
+/// The modes whose kernel programs the bench accounts for: exact and sampled against the
+/// floor's empty programs.
+pub const PROGRAM_TIME_MODES: [Mode; 3] = [Mode::Exact, Mode::Sampled, Mode::Floor];
 
 impl Results {
     pub fn new(
@@ -176,6 +217,7 @@ impl Results {
             estimate_runs: 0,
             estimate_failures: 0,
             memory: Vec::new(),
+            programs: BTreeMap::new(),
         }
     }
 
@@ -318,6 +360,7 @@ pub fn render(r: &Results) -> String {
     method(&mut s, r);
     slowdowns(&mut s, r);
     ratios(&mut s, r);
+    program_times(&mut s, r);
     pyleak_cost(&mut s, r);
     memory(&mut s, r);
     accuracy(&mut s, r);
@@ -451,6 +494,101 @@ fn ratios(s: &mut String, r: &Results) {
         });
     }
     table(s, &["comparison", "ratio of added time", "added time, each"], &rows);
+}
+
+/// Where exact mode's time goes beside the traps: the kernel's accounting of the programs.
+fn program_times(s: &mut String, r: &Results) {
+    s.push_str("## Where the added time goes\n\n");
+    if r.programs.is_empty() {
+        s.push_str("Not measured (it needs `exact`, `sampled` or `floor`).\n\n");
+        return;
+    }
+    s.push_str(
+        "After the rounds, each workload ran once more, untimed, in `exact`, `sampled` and `floor`\n\
+         with `--bpf-stats`: the kernel's own accounting of the time spent in pyleak's programs\n\
+         (`run_time_ns` of each program), the traps excluded. The floor's added time is its traps\n\
+         plus its empty programs; exact adds its programs' extra time on top, so exact / floor\n\
+         (added time) is about 1 + (exact's programs - floor's programs) / floor's added time.\n\
+         A ratio of at most 1.3x leaves the programs 30 % of what the floor adds.\n\n",
+    );
+    let secs = |w: Workload, m: Mode| match r.programs.get(&(w, m)) {
+        Some(Ok(p)) => Some(ProgramTime::total_seconds(p)),
+        _ => None,
+    };
+    let cell = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or(DASH.to_string(), f);
+    let mut rows = Vec::new();
+    for &w in &r.workloads {
+        let base = r.median_seconds(w, Mode::None);
+        let added = |m: Mode| Some(r.median_seconds(w, m)? - base?);
+        let floor_added = added(Mode::Floor).filter(|&a| a > 0.0);
+        let extra = match (secs(w, Mode::Exact), secs(w, Mode::Floor)) {
+            (Some(e), Some(f)) => Some(e - f),
+            _ => None,
+        };
+        let share = floor_added.zip(extra).map(|(a, x)| x / a);
+        rows.push(vec![
+            w.name().to_string(),
+            cell(floor_added, &|a| format!("{a:.2} s")),
+            cell(secs(w, Mode::Floor), &|x| format!("{x:.2} s")),
+            cell(secs(w, Mode::Exact), &|x| format!("{x:.2} s")),
+            cell(secs(w, Mode::Sampled), &|x| format!("{x:.2} s")),
+            cell(share, &|x| format!("{:.0} %", x * 100.0)),
+            cell(share, &|x| format!("{:.2}x", 1.0 + x)),
+            cell(floor_added.zip(added(Mode::Exact)).map(|(f, e)| e / f), &|x| format!("{x:.2}x")),
+        ]);
+    }
+    table(
+        s,
+        &[
+            "workload",
+            "`floor` adds (median)",
+            "programs: `floor`",
+            "`exact`",
+            "`sampled`",
+            "exact's extra program time / floor's added time",
+            "exact / floor, from that",
+            "exact / floor, timed",
+        ],
+        &rows,
+    );
+    s.push_str("Per program: mean time per run, and runs.\n\n");
+    let programs = ["alloc_exit", "free_enter", "malloc_enter", "calloc_enter", "realloc_enter"];
+    let mut rows = Vec::new();
+    for &w in &r.workloads {
+        for m in [Mode::Exact, Mode::Sampled] {
+            let mut row = vec![w.name().to_string(), format!("`{}`", m.name())];
+            let Some(Ok(p)) = r.programs.get(&(w, m)) else { continue };
+            row.extend(programs.iter().map(|name| match p.iter().find(|x| x.program == *name) {
+                Some(x) if x.runs > 0 => {
+                    format!("{:.0} ns × {}", x.run_time_ns as f64 / x.runs as f64, short_count(x.runs))
+                }
+                _ => DASH.into(),
+            }));
+            rows.push(row);
+        }
+    }
+    let mut header = vec!["workload".to_string(), "mode".to_string()];
+    header.extend(programs.iter().map(|p| format!("`{p}`")));
+    table(s, &header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    let failed: Vec<String> = r
+        .programs
+        .iter()
+        .filter_map(|((w, m), p)| {
+            p.as_ref().err().map(|e| format!("- {} `{}`: {}", w.name(), m.name(), one_line(e)))
+        })
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(s, "Failed runs:\n\n{}\n", failed.join("\n"));
+    }
+}
+
+/// `1234567` -> `1.2M`, `45678` -> `46k`: a count where only its size matters.
+pub fn short_count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.0}k", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
 }
 
 fn pyleak_cost(s: &mut String, r: &Results) {
@@ -866,6 +1004,7 @@ mod tests {
                 "## How it was measured",
                 "## Slowdown",
                 "## What the ratios say",
+                "## Where the added time goes",
                 "## pyleak's own cost",
                 "## pyleak's memory with 1,000,000 objects outstanding",
                 "## Finding the leak",
@@ -908,6 +1047,52 @@ mod tests {
             assert_eq!(cells, width, "{l}");
         }
         assert_eq!(render(&results()), text, "the same results give the same text");
+    }
+
+    #[test]
+    fn where_the_added_time_goes() {
+        let mut r = results();
+        assert!(render(&r).contains("## Where the added time goes\n\nNot measured"));
+        r.modes.extend([Mode::Sampled, Mode::Floor]);
+        r.samples.insert((Workload::Float, Mode::Floor), vec![sample(0.50), sample(0.49), sample(0.51)]);
+        let t = |program: &str, runs: u64, run_time_ns: u64| ProgramTime {
+            program: program.into(),
+            runs,
+            run_time_ns,
+        };
+        r.programs.insert((Workload::Float, Mode::Floor), Ok(vec![t("empty_exit", 80_000, 20_000_000)]));
+        r.programs.insert(
+            (Workload::Float, Mode::Exact),
+            Ok(vec![
+                t("alloc_exit", 60_000, 90_000_000),
+                t("free_enter", 75_000, 22_500_000),
+                t("malloc_enter", 60_000, 7_500_000),
+            ]),
+        );
+        r.programs.insert((Workload::Float, Mode::Sampled), Ok(vec![t("alloc_exit", 60_000, 9_600_000)]));
+        r.programs.insert((Workload::Leak, Mode::Floor), Err("pyleak\nwrote no report".into()));
+        let text = render(&r);
+        // Floor adds 0.50 - 0.30 s; exact's programs 0.12 s against the floor's 0.02 s: 50 %.
+        assert!(
+            text.contains("| float | 0.20 s | 0.02 s | 0.12 s | 0.01 s | 50 % | 1.50x | 1.50x |\n"),
+            "{text}"
+        );
+        assert!(text.contains("| leak | — | — | — | — | — | — | — |\n"), "{text}");
+        assert!(text.contains("| float | `exact` | 1500 ns × 60k | 300 ns × 75k | 125 ns × 60k | — | — |\n"));
+        assert!(text.contains("| float | `sampled` | 160 ns × 60k | — | — | — | — |\n"));
+        assert!(text.contains("- leak `floor`: pyleak wrote no report\n"), "{text}");
+        let report = serde_json::json!({"kernel_programs": [{"program": "alloc_exit", "runs": 3, "run_time_ns": 4500}]});
+        assert_eq!(ProgramTime::in_report(&report).unwrap(), [t("alloc_exit", 3, 4500)]);
+        assert!(
+            ProgramTime::in_report(&serde_json::json!({"stacks": []}))
+                .unwrap_err()
+                .to_string()
+                .contains("--bpf-stats")
+        );
+        assert_eq!(
+            (short_count(999), short_count(45_678), short_count(1_234_567)),
+            ("999".into(), "46k".into(), "1.2M".into())
+        );
     }
 
     #[test]
