@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 use pyleak_common::{
@@ -173,6 +173,8 @@ pub struct Probes {
     /// One slot: this object's traced process (see `PyTarget::tgid`).
     targets: Array<MapData, PyTarget>,
     inflight: HashMap<MapData, u64, Inflight>,
+    /// `INFLIGHT`'s map id, for the handles of [`Detachable`] probes.
+    inflight_id: u32,
     /// Attached links per pid, to detach one process without touching others.
     links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     empty_programs: bool,
@@ -232,7 +234,12 @@ impl Probes {
             }
         }
         let targets = Array::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
-        let inflight = HashMap::try_from(take(&mut ebpf, MAP_INFLIGHT)?)?;
+        let inflight_map = take(&mut ebpf, MAP_INFLIGHT)?;
+        let inflight_id = match &inflight_map {
+            aya::maps::Map::LruHashMap(data) => data.info().context("reading INFLIGHT's id")?.id(),
+            _ => anyhow::bail!("map {MAP_INFLIGHT} is not an LRU hash map"),
+        };
+        let inflight = HashMap::try_from(inflight_map)?;
         let tables = Tables {
             stacks: HashMap::try_from(take(&mut ebpf, MAP_STACKS)?)?,
             stats: PerCpuHashMap::try_from(take(&mut ebpf, MAP_STACK_STATS)?)?,
@@ -241,7 +248,11 @@ impl Probes {
         };
         let ring = RingBuf::try_from(take(&mut ebpf, MAP_NEW_STACKS)?)?;
         let empty_programs = opts.empty_programs;
-        Ok((Probes { ebpf, targets, inflight, links: StdHashMap::new(), empty_programs }, tables, ring))
+        Ok((
+            Probes { ebpf, targets, inflight, inflight_id, links: StdHashMap::new(), empty_programs },
+            tables,
+            ring,
+        ))
     }
 
     /// Whether the kernel side saw `pid` enter `Py_FinalizeEx`.
@@ -273,6 +284,29 @@ impl Probes {
     /// in the file: detaching separate uprobes waits for an RCU grace period each (measured:
     /// 4.5 s for 40 probes), a multi link detaches them all at once.
     pub fn attach(&mut self, pid: u32, file: &Path, sites: &[ProbeSite]) -> Result<()> {
+        let links = self.attach_links(pid, file, sites)?;
+        self.links.entry(pid).or_default().extend(links);
+        Ok(())
+    }
+
+    /// [`Probes::attach`], but the probes come apart from the others, to be detached on their
+    /// own, while the process is traced (see [`Detachable`]).
+    pub fn attach_detachable(&mut self, pid: u32, file: &Path, sites: &[ProbeSite]) -> Result<Detachable> {
+        let ids = self.attach_links(pid, file, sites)?;
+        let mut links = Vec::new();
+        for (name, id) in ids {
+            links.push(program(&mut self.ebpf, name)?.take_link(id)?);
+        }
+        let returns = sites.iter().any(|s| s.kind.has_return_probe());
+        Ok(Detachable { pid, links, returns, inflight_id: self.inflight_id })
+    }
+
+    fn attach_links(
+        &mut self,
+        pid: u32,
+        file: &Path,
+        sites: &[ProbeSite],
+    ) -> Result<Vec<(&'static str, UProbeLinkId)>> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?);
         // (program, [(file offset, cookie)]): the entry program at the planned instruction
         // with its cookie, the return program at the function's first instruction.
@@ -314,8 +348,7 @@ impl Probes {
                 })?;
             links.push((name, id));
         }
-        self.links.entry(pid).or_default().extend(links);
-        Ok(())
+        Ok(links)
     }
 
     /// Each of this object's programs that ran: its runs and run time so far, as the kernel
@@ -356,10 +389,43 @@ impl Probes {
 
     /// Drops per-thread call records of `pid` (stale ones would swallow the next call).
     fn clear_inflight(&mut self, pid: u32) {
-        let stale: Vec<u64> = self.inflight.keys().flatten().filter(|k| (k >> 32) as u32 == pid).collect();
-        for k in stale {
-            let _ = self.inflight.remove(&k);
+        clear_inflight(&mut self.inflight, pid);
+    }
+}
+
+fn clear_inflight(inflight: &mut HashMap<MapData, u64, Inflight>, pid: u32) {
+    let stale: Vec<u64> = inflight.keys().flatten().filter(|k| (k >> 32) as u32 == pid).collect();
+    for k in stale {
+        let _ = inflight.remove(&k);
+    }
+}
+
+/// Probes of one process attached apart from the others ([`Probes::attach_detachable`]), so
+/// that they can be removed while it is traced; dropped, they are detached too.
+pub struct Detachable {
+    pid: u32,
+    links: Vec<UProbeLink>,
+    /// Some of them are return probes.
+    returns: bool,
+    inflight_id: u32,
+}
+
+impl Detachable {
+    /// Detaches the probes. A thread inside a function whose return probe goes away keeps its
+    /// in-flight record nested forever (the return never runs), which would swallow its later
+    /// calls; so with return probes, the process's in-flight records are dropped afterwards.
+    /// A call in flight elsewhere at that moment loses its record: it is counted as an
+    /// unmatched return, and its block is not recorded.
+    pub fn detach(self) -> Result<()> {
+        let Detachable { pid, links, returns, inflight_id } = self;
+        drop(links);
+        if returns {
+            let map =
+                aya::maps::Map::LruHashMap(MapData::from_id(inflight_id).context("opening INFLIGHT again")?);
+            let mut inflight: HashMap<MapData, u64, Inflight> = HashMap::try_from(map)?;
+            clear_inflight(&mut inflight, pid);
         }
+        Ok(())
     }
 }
 

@@ -20,7 +20,7 @@ use crate::{
     elf::ElfImage,
     model::{PythonInfo, Report},
     native::NativeNamer,
-    probes::{self, AllocFn, LoadOptions, Probes, Tables},
+    probes::{self, AllocFn, Detachable, LoadOptions, Probes, Tables},
     procmem::ProcMem,
     python::{layout, symbolize::Symbolizer, target},
     sites,
@@ -77,6 +77,11 @@ pub const INLINED_NOTE: &str = "this interpreter's allocator is inlined into its
 /// announcement was lost.
 const RESCAN_EVERY: Duration = Duration::from_millis(500);
 
+/// How often a raw delegate's import slot is first checked for its binding (see
+/// [`spawn_settler`]); the interval doubles after each check, up to [`SETTLE_POLL_MAX`].
+const SETTLE_POLL_FIRST: Duration = Duration::from_millis(5);
+const SETTLE_POLL_MAX: Duration = Duration::from_secs(1);
+
 pub struct Session {
     pub pid: u32,
     pub command: String,
@@ -86,6 +91,10 @@ pub struct Session {
     resolver: Arc<Mutex<Resolver>>,
     stop: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
+    /// Removes the probes of raw delegates once their calls are bound (see [`spawn_settler`]).
+    settler: Option<JoinHandle<()>>,
+    /// Probes of raw delegates not removed (yet): they live as long as the session.
+    delegates: Arc<Mutex<Vec<(sites::DelegateSlot, Detachable)>>>,
     started: Instant,
     sample_bytes: u64,
     /// `--bpf-stats`: reports carry the kernel programs' costs.
@@ -147,7 +156,16 @@ impl Session {
         let (mut probes, tables, ring) = Probes::load(opts)?;
         tracing::debug!(pid, "kernel programs loaded");
         probes.add_target(pid, &py_target)?;
-        probes.attach(pid, &interp.host_path, sites)?;
+        // Raw delegates whose calls are not bound yet get probes of their own, removed once
+        // bound to the C library's (see sites::Binding).
+        let pending = |s: &probes::ProbeSite| plan.pending.iter().any(|d| d.implementation == s.function);
+        let settled: Vec<_> = sites.iter().filter(|s| !pending(s)).cloned().collect();
+        probes.attach(pid, &interp.host_path, &settled)?;
+        let mut delegates = Vec::new();
+        for d in &plan.pending {
+            let own: Vec<_> = sites.iter().filter(|s| s.function == d.implementation).cloned().collect();
+            delegates.push((*d, probes.attach_detachable(pid, &interp.host_path, &own)?));
+        }
         if let Some(lib) = &libc {
             probes.attach(pid, &lib.host_path, &native)?;
         }
@@ -173,6 +191,16 @@ impl Session {
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let worker = spawn_worker(resolver.clone(), stop.clone());
+        let delegates = Arc::new(Mutex::new(delegates));
+        let settler = match libc_text {
+            Some(libc_text) if !plan.pending.is_empty() => Some(spawn_settler(
+                pid,
+                Binder { interp_text: interp.text, bias: interp.bias, libc_text },
+                delegates.clone(),
+                stop.clone(),
+            )),
+            _ => None,
+        };
         Ok(Session {
             pid,
             command: discovery::command_line(pid),
@@ -194,6 +222,8 @@ impl Session {
             resolver,
             stop,
             worker: Some(worker),
+            settler,
+            delegates,
             started: Instant::now(),
             sample_bytes: opts.sample_bytes,
             bpf_stats: opts.bpf_stats,
@@ -232,9 +262,10 @@ impl Session {
         self.probes.detach(self.pid);
         tracing::debug!(pid = self.pid, "detached");
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        for t in [self.worker.take(), self.settler.take()].into_iter().flatten() {
+            let _ = t.join();
         }
+        self.delegates.lock().expect("delegates poisoned").clear();
         let mut resolver = self.resolver.lock().expect("resolver poisoned");
         if discovery::process_exists(self.pid) {
             resolver.drain(true);
@@ -306,6 +337,84 @@ fn describe(
         coverage: if missing.is_empty() && !inlined { "full" } else { "partial" }.to_string(),
         notes,
     }
+}
+
+/// Where a process's raw delegates' calls may lead (see [`sites::DelegateSlot::binding`]).
+#[derive(Clone, Copy)]
+struct Binder {
+    interp_text: (u64, u64),
+    bias: u64,
+    libc_text: (u64, u64),
+}
+
+/// Watches the import slots of the raw delegates probed only because their calls were not
+/// bound yet (a process attached before the dynamic linker relocated it, `pyleak run`, or
+/// one whose lazy binding had not run). Each one bound to the C library loses its probes:
+/// its blocks are seen at the C library's probed function, and its own probes cost a
+/// single-stepped trap and a return probe per call (measured: a loop of 1 KB `bytes` ran 2.5x
+/// longer under `pyleak run` than under `pyleak trace` with them). One bound elsewhere keeps
+/// them. Checks back off from every 5 ms to every second; the thread ends when none is left
+/// pending or the session stops.
+fn spawn_settler(
+    pid: u32,
+    binder: Binder,
+    delegates: Arc<Mutex<Vec<(sites::DelegateSlot, Detachable)>>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("pyleak-settle".into())
+        .spawn(move || {
+            let mem = ProcMem::new(pid);
+            let started = Instant::now();
+            let mut poll = SETTLE_POLL_FIRST;
+            let mut pending: Vec<&'static str> =
+                delegates.lock().expect("delegates poisoned").iter().map(|(d, _)| d.implementation).collect();
+            while !pending.is_empty() && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(poll);
+                poll = (poll * 2).min(SETTLE_POLL_MAX);
+                let mut all = delegates.lock().expect("delegates poisoned");
+                let mut i = 0;
+                while i < all.len() {
+                    let d = all[i].0;
+                    if !pending.contains(&d.implementation) {
+                        i += 1;
+                        continue;
+                    }
+                    match d.binding(&mem, binder.interp_text, binder.bias, binder.libc_text) {
+                        sites::Binding::Pending => i += 1,
+                        sites::Binding::Libc => {
+                            pending.retain(|f| *f != d.implementation);
+                            let (_, probes) = all.remove(i);
+                            match probes.detach() {
+                                Ok(()) => tracing::debug!(
+                                    pid,
+                                    function = d.implementation,
+                                    after_ms = started.elapsed().as_millis() as u64,
+                                    "bound to the C library's {}: its probes are removed",
+                                    d.callee
+                                ),
+                                Err(e) => tracing::warn!(
+                                    pid,
+                                    function = d.implementation,
+                                    "removing its probes: {e:#}"
+                                ),
+                            }
+                        }
+                        sites::Binding::Elsewhere => {
+                            pending.retain(|f| *f != d.implementation);
+                            tracing::debug!(
+                                pid,
+                                function = d.implementation,
+                                "its {} is not the C library's: it stays probed",
+                                d.callee
+                            );
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawning the delegate settler thread")
 }
 
 fn spawn_worker(resolver: Arc<Mutex<Resolver>>, stop: Arc<AtomicBool>) -> JoinHandle<()> {

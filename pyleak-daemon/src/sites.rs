@@ -84,6 +84,63 @@ pub struct SitePlan {
     /// Functions left unprobed because they only call a probed C library function, with
     /// why (for `doctor`).
     pub delegated: Vec<String>,
+    /// Raw delegates probed for now because their call is not bound yet (see [`Binding`]):
+    /// the session removes each probe once its slot is bound to the C library.
+    pub pending: Vec<DelegateSlot>,
+}
+
+/// Where a raw delegate's call into the C library goes (see [`RAW_DELEGATES`]), read from
+/// its import slot (GOT entry) in the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// To the C library's function, which pyleak probes: the delegate needs no probe.
+    Libc,
+    /// Not bound yet: the slot still leads to the interpreter's own PLT (lazy binding binds
+    /// it at the first call), or holds its unrelocated link-time value (a process attached
+    /// before the dynamic linker relocated it: `pyleak run`, or one attached as it execs).
+    Pending,
+    /// Elsewhere: an allocator preloaded with `LD_PRELOAD` (jemalloc, tcmalloc). The
+    /// delegate keeps its probe: nothing else sees its blocks.
+    Elsewhere,
+}
+
+/// One raw delegate's import slot in the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DelegateSlot {
+    /// The raw implementation (`_PyMem_RawMalloc`).
+    pub implementation: &'static str,
+    /// The C function it only calls (`malloc`).
+    pub callee: &'static str,
+    /// The slot's address in the target.
+    pub addr: u64,
+}
+
+impl DelegateSlot {
+    /// Where the slot leads now, given the interpreter's text and its load bias and the C
+    /// library's text (all in the target). An unreadable slot counts as pending.
+    pub fn binding(
+        &self,
+        mem: &ProcMem,
+        interp_text: (u64, u64),
+        bias: u64,
+        libc_text: (u64, u64),
+    ) -> Binding {
+        match mem.read_u64(self.addr) {
+            Ok(target) => classify(target, interp_text, bias, libc_text),
+            Err(_) => Binding::Pending,
+        }
+    }
+}
+
+/// [`DelegateSlot::binding`] of a slot holding `target`.
+pub fn classify(target: u64, interp_text: (u64, u64), bias: u64, libc_text: (u64, u64)) -> Binding {
+    if (libc_text.0..libc_text.1).contains(&target) {
+        Binding::Libc
+    } else if (interp_text.0..interp_text.1).contains(&target) || target < bias {
+        Binding::Pending
+    } else {
+        Binding::Elsewhere
+    }
 }
 
 /// Placement choices.
@@ -174,11 +231,20 @@ pub fn interpreter_sites(
                     .and_then(|vaddr| implementation_at(image, candidates, vaddr, &interp.path)),
             },
         };
+        let delegate = target.as_ref().ok().and_then(|i| delegate_slot(interp, i, opts));
+        let libc_text = opts.libc_text.unwrap_or_default();
+        let binding = delegate.map(|d| d.binding(&ProcMem::new(pid), interp.text, interp.bias, libc_text));
         match target {
-            Ok(implementation) if let Some(why) = delegated(pid, interp, implementation, opts) => {
-                out.delegated.push(format!("{name} -> {implementation}: not probed: {why}"));
+            Ok(implementation) if binding == Some(Binding::Libc) => {
+                out.delegated.push(format!(
+                    "{name} -> {implementation}: not probed: it only calls {}, bound to the C library's, which is probed (one probe less per call, and its first instruction is often single-stepped)",
+                    delegate.map_or("", |d| d.callee)
+                ));
             }
             Ok(implementation) => {
+                if let (Some(d), Some(Binding::Pending)) = (delegate, binding) {
+                    out.pending.push(d);
+                }
                 let sym = image.symbol(implementation).expect("found above");
                 let how = "allocator table target".to_string();
                 add(&mut out, image, name, implementation, kind, sym.vaddr, sym.size, true, how);
@@ -206,21 +272,14 @@ pub fn interpreter_sites(
     out
 }
 
-/// Why `implementation` needs no probe (see [`RAW_DELEGATES`]), or `None`: it is not a raw
-/// delegate, the C library is not probed, or the process's call does not reach the C
-/// library's function (an allocator preloaded with LD_PRELOAD, such as jemalloc, or a slot
-/// not bound yet: lazy binding, or a process not started yet).
-fn delegated(pid: u32, interp: &Interpreter, implementation: &str, opts: Options) -> Option<String> {
-    let &(_, callee) = RAW_DELEGATES.iter().find(|(f, _)| *f == implementation)?;
-    let (lo, hi) = opts.libc_text?;
-    if opts.before_init {
-        return None;
-    }
+/// The import slot through which `implementation` calls the C library (see
+/// [`RAW_DELEGATES`]), or `None`: it is not a raw delegate, the C library is not probed, or
+/// the interpreter imports the callee through no slot.
+fn delegate_slot(interp: &Interpreter, implementation: &str, opts: Options) -> Option<DelegateSlot> {
+    let &(implementation, callee) = RAW_DELEGATES.iter().find(|(f, _)| *f == implementation)?;
+    opts.libc_text?;
     let slot = interp.image.import_slot(callee)?;
-    let target = ProcMem::new(pid).read_u64(interp.bias.wrapping_add(slot)).ok()?;
-    (lo..hi).contains(&target).then(|| {
-        format!("it only calls {callee}, bound to the C library's, which is probed (one probe less per call, and its first instruction is often single-stepped)")
-    })
+    Some(DelegateSlot { implementation, callee, addr: interp.bias.wrapping_add(slot) })
 }
 
 /// The sites for `functions` in a file where each is probed at its own symbol (the C
@@ -450,6 +509,13 @@ fn allocator_request(environ: &[u8], cmdline: &[u8]) -> Option<String> {
 pub fn describe(plan: &SitePlan, out: &mut String) {
     for line in &plan.delegated {
         let _ = writeln!(out, "  {line}");
+    }
+    for d in &plan.pending {
+        let _ = writeln!(
+            out,
+            "  {}: probed until its call to {} is bound to the C library's (not bound yet: lazy binding); then the probe is removed",
+            d.implementation, d.callee
+        );
     }
     for row in &plan.rows {
         let covers = row.covers.join(", ");

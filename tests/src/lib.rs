@@ -23,7 +23,7 @@
 //! at most one pyleak runs at a time: timing-sensitive accuracy checks should
 //! not compete for the CPU with another tracer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -603,6 +603,38 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Where the uprobe links that process `pid` (a pyleak) holds are attached in files whose
+/// path contains `file`: (link type, path, file offset), from its links' fdinfo
+/// (`uprobe_multi`/`uretprobe_multi`, one row per probed offset).
+pub fn probed_offsets(pid: u32, file: &str) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return out };
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
+        let (Some(kind), Some(path)) = (field("link_type:"), field("path:")) else { continue };
+        if !kind.ends_with("probe_multi") || !path.contains(file) {
+            continue;
+        }
+        // After the header `cookie offset ref_ctr_offset`: one row per probe.
+        for row in text.lines().skip_while(|l| !l.starts_with("cookie")).skip(1) {
+            if let Some(offset) = row.split_whitespace().nth(1) {
+                out.insert((kind.clone(), path.clone(), offset.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The children of process `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// The first `name` in `$PATH`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -738,6 +770,11 @@ impl Tracer {
         let stdout = Lines::capture(child.stdout.take().unwrap());
         let stderr = Lines::capture(child.stderr.take().unwrap());
         Tracer { child, target_pid, command: description, stderr, stdout, out, _out_dir: out_dir }
+    }
+
+    /// The pid of this `pyleak trace`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits (at most [`ATTACH_TIMEOUT`]) for `pyleak: attached to pid PID`

@@ -7,9 +7,11 @@
 
 use std::ffi::OsStr;
 
+use std::time::{Duration, Instant};
+
 use pyleak_e2e::{
-    KillOnDrop, Python, Report, Tracer, assert_between, demo_script, for_each_python, leak_bounds,
-    marker_line, pyleak, run_report, script, script_const,
+    KillOnDrop, Python, Report, Tracer, assert_between, children_of, demo_script, for_each_python,
+    leak_bounds, marker_line, probed_offsets, pyleak, pyleak_command, run_report, script, script_const,
 };
 
 const SCRIPT: &str = "run_leak.py";
@@ -368,5 +370,49 @@ fn subinterpreter_leaks_are_told_apart() {
         let (low, high) = leak_bounds(script_const(&path, "MAIN_COUNT"), block);
         let main = report.bytes_at("subinterp_leak.py", main_line);
         assert_between(main, low, high, "bytes at the main interpreter's MAIN line", &report);
+    });
+}
+
+/// `pyleak run` attaches before the dynamic linker has bound libpython's calls into the C
+/// library, so it cannot know yet that CPython's raw allocator (`_PyMem_RawMalloc`, ...) only
+/// calls the C library's functions, which are probed anyway: it probes them at first, then
+/// removes those probes once each call is bound (each cost a single-stepped trap and a return
+/// probe per call). So a moment into the run, `pyleak run` probes the same offsets of
+/// libpython as a `pyleak trace` attached later to the same process, which finds the calls
+/// bound and leaves the raw functions alone; and the same offsets of the C library.
+#[test]
+fn run_drops_raw_allocator_probes_once_bound() {
+    for_each_python(|python| {
+        let code = "import time\nkept = [bytes(2000) for _ in range(2000)]\ntime.sleep(15)\n";
+        let mut command = pyleak_command();
+        command.args(["run", "-o", "/dev/null", "--"]).arg(&python.path).args(["-c", code]);
+        command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        command.stderr(std::process::Stdio::null());
+        let run = KillOnDrop(command.spawn().expect("starting pyleak run"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let child = loop {
+            let kids = children_of(run.pid());
+            if let Some(&pid) = kids.first()
+                && !probed_offsets(run.pid(), "libpython").is_empty()
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "pyleak run did not attach within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut tracer = Tracer::start(child, &[]);
+        tracer.wait_attached();
+        // Both settle: the checks back off to once a second, and each removal takes a moment.
+        std::thread::sleep(Duration::from_secs(3));
+        for file in ["libpython", "libc.so"] {
+            let by_run = probed_offsets(run.pid(), file);
+            let by_trace = probed_offsets(tracer.pid(), file);
+            assert!(!by_trace.is_empty(), "pyleak trace probes nothing in {file}");
+            assert_eq!(
+                by_run, by_trace,
+                "{file}: what pyleak run probes (left) against pyleak trace attached later (right)"
+            );
+        }
+        drop(tracer.stop());
     });
 }
