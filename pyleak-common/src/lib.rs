@@ -313,6 +313,11 @@ pub struct PyTarget {
     /// A code pointer that marks a frame as not Python code (3.13: `&_Py_NoneStruct` in C-stack
     /// entry frames), skipped like a shim; 0 when unused.
     pub skip_code: u64,
+    /// 3.13+: `&_Py_InitCleanup`, the static code object of the frame that the specialized
+    /// `CALL_ALLOC_AND_ENTER_INIT` pushes under every `__init__` it calls: not the user's
+    /// code, skipped like a shim, so it costs no frame of the depth. 0 when unknown (its
+    /// symbol is local: a stripped build has none, and the user side drops the frame).
+    pub init_cleanup_code: u64,
     /// `PyThreadState.thread_id` (pthread_t, equals fsbase with glibc), checked against the
     /// calling thread so that a GIL holder's stack is never charged to another thread.
     pub tstate_thread_id: i32,

@@ -202,6 +202,11 @@ pub fn walk(tgid: u32, t: &PyTarget, native_caller: u64, st: &mut StackTrace) ->
         // SAFETY: as above.
         unsafe { bpf_loop(MAX_FRAMES as u32, walk_step as *mut c_void, (&mut walk as *mut Walk).cast(), 0) };
     }
+    // Frames left after the loops' last iteration (more shims than the bound allows for):
+    // a cut, whatever they hold.
+    if walk.frame != 0 && st.flags & (STACK_TRUNCATED | STACK_READ_ERROR) == 0 {
+        truncate(st);
+    }
     mix(walk.hash, st.flags as u64)
 }
 
@@ -399,20 +404,18 @@ fn entry_shim(t: &PyTarget, frame: u64, cstack: &mut Span) -> Option<u64> {
     cstack.word(frame, t.frame_back).ok()
 }
 
-/// Whether the walk goes on: a frame is left and the depth allows it (a cut is flagged).
+/// Whether the walk goes on: a frame is left. The depth is checked in [`take`], on Python
+/// frames only: the entry shims and trampolines above the outermost one are not a cut.
 #[inline(always)]
 fn more(w: &mut Walk) -> bool {
-    if w.frame == 0 {
-        return false;
-    }
-    // SAFETY: points into a map value that outlives the loop.
-    if unsafe { (*w.stack).len } >= w.depth {
-        // SAFETY: points into a map value that outlives the loop.
-        unsafe { (*w.stack).flags |= STACK_TRUNCATED };
-        count(Counter::StacksTruncated);
-        return false;
-    }
-    true
+    w.frame != 0
+}
+
+/// Flags the stack as cut at the depth (or at the walk's iteration bound).
+#[inline(always)]
+fn truncate(st: &mut StackTrace) {
+    st.flags |= STACK_TRUNCATED;
+    count(Counter::StacksTruncated);
 }
 
 /// Records what [`read_frame`] found and moves to the caller. Returns bpf_loop's 1 to stop.
@@ -421,6 +424,10 @@ fn take(w: &mut Walk, frame: Result<(u64, Option<(u64, u32, u32)>), ()>) -> i64 
     // SAFETY: points into a map value that outlives the loop.
     let st = unsafe { &mut *w.stack };
     match frame {
+        Ok((_, Some(_))) if st.len >= w.depth => {
+            truncate(st);
+            1
+        }
         Ok((back, Some((code, instr, first_line)))) => {
             let i = st.len as usize;
             if let (Some(c), Some(p), Some(f)) =
@@ -496,7 +503,7 @@ fn decode(
     }
     // C: frame->f_code (3.8–3.12) / frame->f_executable (3.13+, tagged in 3.14).
     let code = word(t.frame_code)? & t.code_mask;
-    if code == 0 || code == t.skip_code {
+    if code == 0 || code == t.skip_code || code == t.init_cleanup_code {
         return Ok((back, None));
     }
     let raw = word(t.frame_instr)?;
@@ -561,7 +568,7 @@ fn read_frame_fields(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32,
         }
     }
     let code: u64 = read::<u64>(at(frame, t.frame_code))? & t.code_mask;
-    if code == 0 || code == t.skip_code {
+    if code == 0 || code == t.skip_code || code == t.init_cleanup_code {
         return Ok((back, None));
     }
     let instr = if t.instr_kind == INSTR_I32 {

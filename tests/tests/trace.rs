@@ -66,7 +66,8 @@ fn trace_leak_basic_stack_and_bytes() {
 /// through_c.py: a leak DEPTH + 1 calls from C into Python deep (`map`, then a class's
 /// `__init__` at every level). Its whole stack, innermost first, every frame on either side
 /// of every C call: on 3.12+ the walk steps over an entry shim on the C stack at each, more
-/// of them than one copy of the C stack holds. Its bytes are the script's.
+/// of them than one copy of the C stack holds. Its bytes are the script's. A capture depth
+/// of exactly its Python frames holds them all; one less cuts the outermost and says so.
 #[test]
 fn trace_stacks_through_c_calls() {
     for_each_python(|python| {
@@ -92,6 +93,27 @@ fn trace_stacks_through_c_calls() {
         let frames: Vec<_> = top.frames.iter().map(|f| (f.function.as_str(), f.basename(), f.line)).collect();
         assert_eq!(frames, expected, "the leak's stack, innermost first\n{report}");
         assert_between(top.outstanding_bytes, low, high, "outstanding bytes of the leak", &report);
+
+        // A capture depth of exactly those frames holds them all: the interpreter's own
+        // frames between them (3.12+'s entry shims, 3.13+'s `_Py_InitCleanup` under each
+        // `__init__`) cost none of it.
+        let depth = expected.len().to_string();
+        let report = trace_scenario(python, "through_c.py", &["--stack-depth", &depth]);
+        let top = report.top();
+        let frames: Vec<_> = top.frames.iter().map(|f| (f.function.as_str(), f.basename(), f.line)).collect();
+        assert_eq!(frames, expected, "the leak's stack with --stack-depth {depth}\n{report}");
+        assert!(!top.truncated, "cut at --stack-depth {depth}\n{report}");
+        // One frame less is a cut, and says so.
+        let depth = (expected.len() - 1).to_string();
+        let report = trace_scenario(python, "through_c.py", &["--stack-depth", &depth]);
+        let top = report.top();
+        let frames: Vec<_> = top.frames.iter().map(|f| (f.function.as_str(), f.basename(), f.line)).collect();
+        assert_eq!(
+            frames,
+            expected[..expected.len() - 1],
+            "the leak's stack with --stack-depth {depth}\n{report}"
+        );
+        assert!(top.truncated, "not flagged as cut at --stack-depth {depth}\n{report}");
     });
 }
 

@@ -57,6 +57,10 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
         };
         t.skip_code = interp.bias + none.vaddr;
     }
+    // A local symbol: found in builds that keep their symbol table (see PyTarget).
+    if let Some(cleanup) = interp.image.symbol("_Py_InitCleanup") {
+        t.init_cleanup_code = interp.bias + cleanup.vaddr;
+    }
     match layout.tstate {
         TstateSource::RuntimeField(offset) => {
             let Some(runtime) = interp.image.symbol("_PyRuntime") else {
