@@ -542,6 +542,24 @@ mod tests {
     use crate::session::{ALLOCATOR_FUNCTIONS, NATIVE_FUNCTIONS};
 
     #[test]
+    fn where_a_raw_delegates_call_leads() {
+        // libpython's text, its load bias, and the C library's text, as in a 3.12 process.
+        let (interp, bias, libc) =
+            ((0x7f00_0010_0000, 0x7f00_0040_0000), 0x7f00_0000_0000, (0x7f10_0002_8000, 0x7f10_001b_d000));
+        // Bound by the dynamic linker to glibc's malloc.
+        assert_eq!(classify(0x7f10_000a_5120, interp, bias, libc), Binding::Libc);
+        // Lazy binding: the slot still leads to libpython's own PLT stub.
+        assert_eq!(classify(0x7f00_0010_3036, interp, bias, libc), Binding::Pending);
+        // Not relocated yet (pyleak run): the link-time address of that stub, or nothing.
+        assert_eq!(classify(0x3036, interp, bias, libc), Binding::Pending);
+        assert_eq!(classify(0, interp, bias, libc), Binding::Pending);
+        // Bound to another library (jemalloc with LD_PRELOAD).
+        assert_eq!(classify(0x7f20_0001_0000, interp, bias, libc), Binding::Elsewhere);
+        // The C library's end is not in it.
+        assert_eq!(classify(libc.1, interp, bias, libc), Binding::Elsewhere);
+    }
+
+    #[test]
     fn roles_shift_past_the_context() {
         assert_eq!(role(AllocFn::Malloc, true).values, [Register::RSI]);
         assert_eq!(role(AllocFn::Realloc, true).values, [Register::RSI, Register::RDX]);
