@@ -539,10 +539,7 @@ mod tests {
     use super::*;
     use crate::model::{PythonInfo, Totals};
 
-    fn frame(file: &str, line: u32, qualname: &str) -> Frame {
-        let function = qualname.rsplit('.').next().unwrap().to_string();
-        Frame { function, qualname: qualname.to_string(), file: file.to_string(), line }
-    }
+    use crate::model::test_frame as frame;
 
     /// Built through serde, so that fields other features add to `StackStats` (with serde
     /// defaults) need no change here.

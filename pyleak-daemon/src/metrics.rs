@@ -665,14 +665,7 @@ mod tests {
     use super::*;
     use crate::model::{ProgramCost, PythonInfo, Totals};
 
-    fn frame(file: &str, line: u32, qualname: &str) -> Frame {
-        Frame {
-            function: qualname.rsplit('.').next().unwrap().to_string(),
-            qualname: qualname.to_string(),
-            file: file.to_string(),
-            line,
-        }
-    }
+    use crate::model::test_frame as frame;
 
     fn stack(outstanding: u64, frames: Vec<Frame>) -> StackStats {
         StackStats {

@@ -17,6 +17,14 @@ pub struct Frame {
     pub line: u32,
 }
 
+/// A frame for tests: at `file:line` in `qualname`, whose last dotted part is the function
+/// name (`Service.handle` -> `handle`).
+#[cfg(test)]
+pub fn test_frame(file: &str, line: u32, qualname: &str) -> Frame {
+    let function = qualname.rsplit('.').next().unwrap_or(qualname).to_string();
+    Frame { function, qualname: qualname.to_string(), file: file.to_string(), line }
+}
+
 impl Frame {
     /// A frame that could not be symbolized: its code object was freed (or replaced at the
     /// same address) before pyleak read it, or was unreadable.

@@ -532,10 +532,7 @@ mod tests {
     use crate::model::{PythonInfo, Totals};
     use clap::ValueEnum;
 
-    fn frame(file: &str, line: u32, qualname: &str) -> Frame {
-        let function = qualname.rsplit('.').next().unwrap().to_string();
-        Frame { function, qualname: qualname.to_string(), file: file.to_string(), line }
-    }
+    use crate::model::test_frame as frame;
 
     fn stack(outstanding: u64, count: u64, allocated: u64, frames: Vec<Frame>) -> StackStats {
         StackStats {
