@@ -119,7 +119,9 @@ static RUN_TIME_STATS: OnceLock<std::result::Result<OwnedFd, String>> = OnceLock
 
 /// `--bpf-stats`: turns on the kernel's accounting of every eBPF program's runs and run time
 /// (`BPF_ENABLE_STATS`, the fd form of `sysctl kernel.bpf_stats_enabled=1`), once per pyleak
-/// process. It is host-wide and costs each program run on the host two clock reads.
+/// process. It is host-wide and costs each program run on the host two clock reads: about
+/// 0.1 µs here (pyperformance float under `pyleak trace`, 3 million program runs: 4.05 s
+/// without, 4.35 s with).
 pub fn enable_run_time_stats() -> Result<()> {
     let enabled = RUN_TIME_STATS
         .get_or_init(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| format!("{e}")));
