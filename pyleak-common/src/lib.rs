@@ -376,6 +376,16 @@ pub struct PyTarget {
     pub tls_static_off: i64,
 }
 
+impl PyTarget {
+    /// Whether a frame whose code pointer (masked) is `code` is not Python code: no code, or
+    /// one of the interpreter's own marker objects ([`PyTarget::skip_code`],
+    /// [`PyTarget::init_cleanup_code`]). Such frames are stepped over like shims.
+    #[inline(always)]
+    pub fn skips_code(&self, code: u64) -> bool {
+        code == 0 || code == self.skip_code || code == self.init_cleanup_code
+    }
+}
+
 /// Indices into [`MAP_COUNTERS`]. Every failure the kernel side can meet is counted; the
 /// user side exports them, so a loss is never silent.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

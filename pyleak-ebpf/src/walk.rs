@@ -503,7 +503,7 @@ fn decode(
     }
     // C: frame->f_code (3.8–3.12) / frame->f_executable (3.13+, tagged in 3.14).
     let code = word(t.frame_code)? & t.code_mask;
-    if code == 0 || code == t.skip_code || code == t.init_cleanup_code {
+    if t.skips_code(code) {
         return Ok((back, None));
     }
     let raw = word(t.frame_instr)?;
@@ -568,7 +568,7 @@ fn read_frame_fields(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32,
         }
     }
     let code: u64 = read::<u64>(at(frame, t.frame_code))? & t.code_mask;
-    if code == 0 || code == t.skip_code || code == t.init_cleanup_code {
+    if t.skips_code(code) {
         return Ok((back, None));
     }
     let instr = if t.instr_kind == INSTR_I32 {

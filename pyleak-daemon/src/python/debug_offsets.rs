@@ -1048,7 +1048,7 @@ mod tests {
                 }
             }
             let code = mem.read_u64(at(frame, t.frame_code)).unwrap() & t.code_mask;
-            if code == 0 || code == t.skip_code || code == t.init_cleanup_code {
+            if t.skips_code(code) {
                 frame = back;
                 continue;
             }
