@@ -13,7 +13,7 @@ use crate::{
     free::forget_block,
     maps::{
         INFLIGHT, LIVE_ALLOCS, NEW_STACKS, SAMPLE_BYTES, SAMPLE_TABLE, SCRATCH, STACKS, TARGETS, count,
-        sampled_add, sampled_slot, target,
+        sampled_add, sampled_lower, sampled_slot, target,
     },
     stats::stats_add,
     walk::walk,
@@ -188,18 +188,14 @@ fn record(tgid: u32, addr: u64, size: u64, count_weight: u64, native_caller: u64
         other => other,
     };
     if inserted.is_err() {
-        if let Some(f) = filter {
-            sampled_add(f, u64::MAX);
-        }
+        sampled_lower(filter);
         count(Counter::LostLiveFull);
         return;
     }
     let skey = StackKey { tgid, _pad: 0, stack_id };
     if !stats_add(&skey, size, count_weight, 0, 0) {
-        if LIVE_ALLOCS.remove(&key).is_ok()
-            && let Some(f) = filter
-        {
-            sampled_add(f, u64::MAX);
+        if LIVE_ALLOCS.remove(&key).is_ok() {
+            sampled_lower(filter);
         }
         count(Counter::LostStatsFull);
     }

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use pyleak_common::{AllocKey, CODE_LINE_BITS, Counter, StackKey};
 
 use crate::{
-    maps::{CODE_CACHE, LIVE_ALLOCS, code_slot, count, sampled_add, sampled_slot, target},
+    maps::{CODE_CACHE, LIVE_ALLOCS, code_slot, count, sampled_lower, sampled_slot, target},
     stats::stats_add,
 };
 
@@ -59,9 +59,7 @@ pub fn forget_block(tgid: u32, addr: u64) -> bool {
     if LIVE_ALLOCS.remove(&key).is_err() {
         return false; // another thread freed it first (a double free in the target)
     }
-    if let Some(f) = filter {
-        sampled_add(f, u64::MAX);
-    }
+    sampled_lower(filter);
     let skey = StackKey { tgid, _pad: 0, stack_id: info.stack_id };
     stats_add(&skey, 0, 0, info.size, info.count_weight);
     true

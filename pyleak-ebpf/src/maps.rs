@@ -111,6 +111,15 @@ pub fn sampled_slot(addr: u64) -> Option<*mut u64> {
     SAMPLED_FILTER.get_ptr_mut(slot)
 }
 
+/// Lowers a block's [`SAMPLED_FILTER`] slot (from [`sampled_slot`]) once the block has left
+/// `LIVE_ALLOCS` or never entered it; nothing in exact mode (`None`).
+#[inline(always)]
+pub fn sampled_lower(slot: Option<*mut u64>) {
+    if let Some(f) = slot {
+        sampled_add(f, u64::MAX);
+    }
+}
+
 /// Adds `delta` (wrapping: `u64::MAX` is -1) to a [`SAMPLED_FILTER`] slot, atomically: CPUs
 /// share it.
 #[inline(always)]
