@@ -5,9 +5,11 @@
 // PYTHON_VERSIONS. Also that the demo app (demo/leaky_service.py) still shows
 // its leak.
 
-use std::ffi::OsStr;
-
-use std::time::{Duration, Instant};
+use std::{
+    ffi::OsStr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use pyleak_e2e::{
     KillOnDrop, Python, Report, Tracer, assert_between, children_of, demo_script, for_each_python,
@@ -386,8 +388,7 @@ fn run_drops_raw_allocator_probes_once_bound() {
         let code = "import time\nkept = [bytes(2000) for _ in range(2000)]\ntime.sleep(15)\n";
         let mut command = pyleak_command();
         command.args(["run", "-o", "/dev/null", "--"]).arg(&python.path).args(["-c", code]);
-        command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
-        command.stderr(std::process::Stdio::null());
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         let run = KillOnDrop(command.spawn().expect("starting pyleak run"));
         let deadline = Instant::now() + Duration::from_secs(30);
         let child = loop {

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use pyleak_e2e::{
-    Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds, marker_line, script,
+    Stack, Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds, marker_line, script,
     script_const, trace_scenario, tracemalloc_truth,
 };
 
@@ -90,7 +90,7 @@ fn trace_stacks_through_c_calls() {
         let report = trace_scenario(python, "through_c.py", &[]);
 
         let top = report.top();
-        let frames: Vec<_> = top.frames.iter().map(|f| (f.function.as_str(), f.basename(), f.line)).collect();
+        let frames = places(top);
         assert_eq!(frames, expected, "the leak's stack, innermost first\n{report}");
         assert_between(top.outstanding_bytes, low, high, "outstanding bytes of the leak", &report);
 
@@ -100,14 +100,14 @@ fn trace_stacks_through_c_calls() {
         let depth = expected.len().to_string();
         let report = trace_scenario(python, "through_c.py", &["--stack-depth", &depth]);
         let top = report.top();
-        let frames: Vec<_> = top.frames.iter().map(|f| (f.function.as_str(), f.basename(), f.line)).collect();
+        let frames = places(top);
         assert_eq!(frames, expected, "the leak's stack with --stack-depth {depth}\n{report}");
         assert!(!top.truncated, "cut at --stack-depth {depth}\n{report}");
         // One frame less is a cut, and says so.
         let depth = (expected.len() - 1).to_string();
         let report = trace_scenario(python, "through_c.py", &["--stack-depth", &depth]);
         let top = report.top();
-        let frames: Vec<_> = top.frames.iter().map(|f| (f.function.as_str(), f.basename(), f.line)).collect();
+        let frames = places(top);
         assert_eq!(
             frames,
             expected[..expected.len() - 1],
@@ -115,6 +115,11 @@ fn trace_stacks_through_c_calls() {
         );
         assert!(top.truncated, "not flagged as cut at --stack-depth {depth}\n{report}");
     });
+}
+
+/// A stack's frames as (function, file base name, line), innermost first.
+fn places(stack: &Stack) -> Vec<(&str, &str, u32)> {
+    stack.frames.iter().map(|f| (f.function.as_str(), f.basename(), f.line)).collect()
 }
 
 /// realloc_calloc.py: bytearrays grown with `+=` (PyObject_Realloc, large
