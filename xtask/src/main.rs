@@ -82,10 +82,11 @@ enum Task {
     /// tracemalloc with 1 and 25 frames, memray with and without --trace-python-allocators.
     /// Modes are interleaved within each round; medians over --runs rounds. Also measures
     /// pyleak's memory with 1,000,000 objects outstanding and whether each pyleak mode finds the
-    /// leak (in `sampled`, over --estimate-runs extra untimed runs too). Writes the tables, the
-    /// machine and this command to docs/BENCHMARKS.md. With every mode and 5 rounds it takes
-    /// about 40 minutes on 2 cores. Refuses to start when the built pyleak lacks a selected
-    /// mode's flag; leave that mode out with --modes.
+    /// leak (in `sampled`, over --estimate-runs extra untimed runs too), and where exact's added
+    /// time goes (one untimed --bpf-stats run per workload; --no-program-times skips it).
+    /// Writes the tables, the machine and this command to docs/BENCHMARKS.md. With every mode
+    /// and 5 rounds it takes about 40 minutes on 2 cores. Refuses to start when the built
+    /// pyleak lacks a selected mode's flag; leave that mode out with --modes.
     Bench(bench::Args),
     /// Check formatting (cargo fmt --check) and lints (clippy -D warnings)
     Lint,

@@ -500,7 +500,9 @@ fn ratios(s: &mut String, r: &Results) {
 fn program_times(s: &mut String, r: &Results) {
     s.push_str("## Where the added time goes\n\n");
     if r.programs.is_empty() {
-        s.push_str("Not measured (it needs `exact`, `sampled` or `floor`).\n\n");
+        s.push_str(
+            "Not measured in this run (`--no-program-times`, or none of `exact`, `sampled`, `floor` selected).\n\n",
+        );
         return;
     }
     s.push_str(
