@@ -218,12 +218,12 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "N", default_value_t = pyleak_common::DEFAULT_MAX_DEPTH,
           value_parser = clap::value_parser!(u32).range(1..=pyleak_common::MAX_FRAMES as i64))]
     pub stack_depth: u32,
-    /// Most outstanding allocations tracked at once. Beyond it new ones are counted as lost
-    /// (reported, never silently dropped). Kernel memory grows with use, about 100 bytes
-    /// each.
-    #[arg(long, value_name = "N", default_value_t = pyleak_common::DEFAULT_MAX_LIVE_ALLOCS,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_allocations: u32,
+    /// Most outstanding allocations tracked at once [default: 1048576; with --sample-bytes,
+    /// room for 64 GiB outstanding: 131072 at 512KiB]. Beyond it new ones are counted as
+    /// lost (reported, never silently dropped). Kernel memory: 112 bytes each, reserved at
+    /// attach (112 MiB at 1048576, 14 MiB at 131072).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_allocations: Option<u32>,
     /// Most distinct stacks kept (about 2 KiB of kernel memory each, allocated as used).
     #[arg(long, value_name = "N", default_value_t = pyleak_common::DEFAULT_MAX_STACKS,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -13,16 +13,17 @@ use crate::{
     launch::{self, Child, INTERRUPTED},
     model::Report,
     probes::LoadOptions,
-    report,
+    report, sampling,
     session::Session,
 };
 
 fn load_options(c: &CaptureArgs) -> LoadOptions {
+    let sample_bytes = c.sample_bytes.unwrap_or(0);
     LoadOptions {
         max_depth: c.stack_depth,
-        max_live_allocs: c.max_allocations,
+        max_live_allocs: c.max_allocations.unwrap_or_else(|| sampling::default_max_live_allocs(sample_bytes)),
         max_stacks: c.max_stacks,
-        sample_bytes: c.sample_bytes.unwrap_or(0),
+        sample_bytes,
         empty_programs: c.empty_programs,
         bpf_stats: c.bpf_stats,
     }

@@ -77,7 +77,8 @@ pub struct Limits {
     pub max_processes: u32,
     /// Capacity of each traced process's stack map (distinct Python stacks).
     pub max_stacks: u32,
-    /// Capacity of each traced process's map of outstanding allocations.
+    /// Capacity of each traced process's map of outstanding allocations (not set: see
+    /// `sampling::default_max_live_allocs`, smaller when sampling).
     pub max_live_allocations: u32,
     /// Python frames captured per allocation (1..=128).
     pub stack_depth: u32,
@@ -477,6 +478,14 @@ fn compile_limits(src: &Source, raw: RawLimits) -> Result<Limits, ConfigError> {
             Some(age)
         }
     };
+    let sample_bytes = in_range(
+        src,
+        raw.sample_bytes,
+        "limits.sample_bytes",
+        d.sample_bytes,
+        0,
+        Some((pyleak_common::sampling::MAX_SAMPLE_BYTES, "larger intervals see too little to estimate")),
+    )?;
     Ok(Limits {
         max_processes: in_range(
             src,
@@ -491,7 +500,7 @@ fn compile_limits(src: &Source, raw: RawLimits) -> Result<Limits, ConfigError> {
             src,
             raw.max_live_allocations,
             "limits.max_live_allocations",
-            d.max_live_allocations,
+            crate::sampling::default_max_live_allocs(sample_bytes),
             1,
             None,
         )?,
@@ -505,14 +514,7 @@ fn compile_limits(src: &Source, raw: RawLimits) -> Result<Limits, ConfigError> {
         )?,
         metrics_top_stacks: top as usize,
         min_age,
-        sample_bytes: in_range(
-            src,
-            raw.sample_bytes,
-            "limits.sample_bytes",
-            d.sample_bytes,
-            0,
-            Some((pyleak_common::sampling::MAX_SAMPLE_BYTES, "larger intervals see too little to estimate")),
-        )?,
+        sample_bytes,
         bpf_stats: raw.bpf_stats.unwrap_or(d.bpf_stats),
     })
 }
@@ -906,6 +908,17 @@ mod tests {
             (opts.max_depth, opts.max_live_allocs, opts.max_stacks),
             (64, pyleak_common::DEFAULT_MAX_LIVE_ALLOCS, pyleak_common::DEFAULT_MAX_STACKS)
         );
+    }
+
+    #[test]
+    fn sampling_sizes_the_outstanding_map_unless_it_is_set() {
+        let sampled = parse("[limits]\nsample_bytes = 524288\n").unwrap();
+        assert_eq!(sampled.limits.max_live_allocations, 131_072);
+        assert_eq!(sampled.limits.load_options().max_live_allocs, 131_072);
+        let set = parse("[limits]\nsample_bytes = 524288\nmax_live_allocations = 2000000\n").unwrap();
+        assert_eq!(set.limits.max_live_allocations, 2_000_000, "a value the user sets is kept");
+        let exact = parse("[limits]\nsample_bytes = 0\n").unwrap();
+        assert_eq!(exact.limits.max_live_allocations, pyleak_common::DEFAULT_MAX_LIVE_ALLOCS);
     }
 
     #[test]

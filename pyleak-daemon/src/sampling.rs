@@ -1,7 +1,10 @@
 //! `--sample-bytes R`: the user side of Poisson sampling by bytes (the arithmetic shared with
 //! the kernel is `pyleak_common::sampling`). The loader fills the kernel's probability table
 //! from [`probability_table`]; reports and metrics then carry estimates, and say so.
-use pyleak_common::sampling::{MAX_SAMPLE_BYTES, STEPS, TABLE_LEN};
+use pyleak_common::{
+    DEFAULT_MAX_LIVE_ALLOCS,
+    sampling::{MAX_SAMPLE_BYTES, STEPS, TABLE_LEN},
+};
 
 /// `1 - exp(-k/STEPS)` for every table index, scaled by 2^32 and saturated to u32::MAX.
 pub fn probability_table() -> Vec<u32> {
@@ -38,6 +41,32 @@ pub fn parse_sample_bytes(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Outstanding memory that sampled mode's default outstanding-allocation map has room for
+/// (see [`default_max_live_allocs`]).
+pub const SAMPLED_COVER_BYTES: u64 = 64 << 30;
+/// The least default capacity in sampled mode (under 2 MiB of kernel memory).
+const SAMPLED_MIN_LIVE_ALLOCS: u32 = 16 * 1024;
+
+/// The outstanding-allocation map's capacity when the user sets none (`--max-allocations`,
+/// `limits.max_live_allocations`), for sampling interval `sample_bytes` (0: exact mode).
+///
+/// The map is reserved whole at attach, 112 bytes per entry, so its size is kernel
+/// memory held for as long as a process is traced. Exact mode records every outstanding
+/// block and keeps [`DEFAULT_MAX_LIVE_ALLOCS`]. Sampled mode records a block of `s` bytes with
+/// probability `p(s) = 1 - exp(-s/R) <= s/R`, so the blocks it holds number on average at most
+/// outstanding bytes / R: room for [`SAMPLED_COVER_BYTES`] of outstanding memory is
+/// `SAMPLED_COVER_BYTES / R` entries (131,072 at 512 KiB: 14 MiB where exact mode takes
+/// 112 MiB), rounded up to a power of two, between [`SAMPLED_MIN_LIVE_ALLOCS`] and the exact
+/// default. Blocks beyond it are counted as lost and reported, as in exact mode.
+pub fn default_max_live_allocs(sample_bytes: u64) -> u32 {
+    if sample_bytes == 0 {
+        return DEFAULT_MAX_LIVE_ALLOCS;
+    }
+    (SAMPLED_COVER_BYTES / sample_bytes)
+        .next_power_of_two()
+        .clamp(SAMPLED_MIN_LIVE_ALLOCS as u64, DEFAULT_MAX_LIVE_ALLOCS as u64) as u32
+}
+
 /// The note a sampled report carries.
 pub fn note(sample_bytes: u64) -> String {
     format!(
@@ -61,6 +90,29 @@ mod tests {
     use pyleak_common::sampling::{COUNT_ONE, decide};
 
     use super::*;
+
+    #[test]
+    fn sampled_mode_sizes_the_outstanding_map_for_its_interval() {
+        assert_eq!(default_max_live_allocs(0), DEFAULT_MAX_LIVE_ALLOCS, "exact mode keeps the default");
+        assert_eq!(default_max_live_allocs(512 << 10), 131_072, "64 GiB / 512 KiB");
+        assert_eq!(default_max_live_allocs(1_000_000), 131_072, "68,719 rounded up to a power of two");
+        assert_eq!(
+            default_max_live_allocs(4 << 10),
+            DEFAULT_MAX_LIVE_ALLOCS,
+            "never above the exact default"
+        );
+        assert_eq!(default_max_live_allocs(1), DEFAULT_MAX_LIVE_ALLOCS);
+        assert_eq!(
+            default_max_live_allocs(MAX_SAMPLE_BYTES),
+            SAMPLED_MIN_LIVE_ALLOCS,
+            "never below the least"
+        );
+        // Room for the cover: the expected number of recorded blocks with that much outstanding.
+        for r in [1000, 4096, 65_536, 524_288, 3 << 20, MAX_SAMPLE_BYTES] {
+            let expected_blocks = SAMPLED_COVER_BYTES.div_ceil(r).min(DEFAULT_MAX_LIVE_ALLOCS as u64);
+            assert!(default_max_live_allocs(r) as u64 >= expected_blocks, "R = {r}");
+        }
+    }
 
     #[test]
     fn table_is_one_minus_exp() {

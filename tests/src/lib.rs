@@ -626,6 +626,25 @@ pub fn probed_offsets(pid: u32, file: &str) -> BTreeSet<(String, String, String)
     out
 }
 
+/// The capacities (`max_entries`) of the outstanding-allocation maps process `pid` holds,
+/// read from the kernel (`/proc/PID/fdinfo`), not from pyleak's own account. `LIVE_ALLOCS`
+/// is pyleak's only plain hash map (`map_type` 1) with 16-byte keys and 32-byte values.
+pub fn live_allocs_capacities(pid: u32) -> Vec<u64> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return out };
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
+        let shape = (field("map_type:"), field("key_size:"), field("value_size:"));
+        if shape == (Some("1".into()), Some("16".into()), Some("32".into()))
+            && let Some(n) = field("max_entries:").and_then(|n| n.parse().ok())
+        {
+            out.push(n);
+        }
+    }
+    out
+}
+
 /// The children of process `pid`.
 pub fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))

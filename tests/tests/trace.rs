@@ -11,8 +11,9 @@
 use std::time::{Duration, Instant};
 
 use pyleak_e2e::{
-    Stack, Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds, marker_line, script,
-    script_const, trace_scenario, tracemalloc_truth,
+    Stack, Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds,
+    live_allocs_capacities, marker_line, pythons, require_root, script, script_const, serial, trace_scenario,
+    tracemalloc_truth,
 };
 
 /// leak_basic.py: the top stack is the leak, with tracemalloc's bytes and
@@ -430,4 +431,33 @@ fn trace_reused_code_addresses_keep_their_own_lines() {
             assert_between(bytes, low, high, &format!("bytes at round {round}'s line {line}"), &report);
         }
     });
+}
+
+/// The outstanding-allocation map is sized for the mode, as the kernel holds it: exact mode
+/// keeps the default (1,048,576 entries, 112 MiB reserved at attach); sampled mode at
+/// 512 KiB takes room for 64 GiB outstanding (131,072 entries, 14 MiB), since it records a
+/// block of s bytes with probability at most s/R; `--max-allocations` wins over both. The
+/// sizing does not depend on the interpreter: one is enough.
+#[test]
+fn trace_sizes_the_outstanding_map_for_the_mode() {
+    let _serial = serial();
+    require_root();
+    let python = pythons().pop().expect("pythons() is never empty");
+    let target = Target::ready(&python, "leak_basic.py");
+    for (args, expected) in [
+        (&[][..], 1_048_576),
+        (&["--sample-bytes", "512KiB"][..], 131_072),
+        (&["--sample-bytes", "512KiB", "--max-allocations", "5000"][..], 5000),
+        (&["--max-allocations", "3000000"][..], 3_000_000),
+    ] {
+        let mut tracer = Tracer::start(target.pid(), args);
+        tracer.wait_attached();
+        let held = live_allocs_capacities(tracer.pid());
+        drop(tracer.stop());
+        assert_eq!(
+            held,
+            [expected],
+            "{python}, pyleak trace {args:?}: capacity of the outstanding-allocation map"
+        );
+    }
 }
