@@ -608,10 +608,8 @@ impl Drop for KillOnDrop {
 /// (`uprobe_multi`/`uretprobe_multi`, one row per probed offset).
 pub fn probed_offsets(pid: u32, file: &str) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return out };
-    for entry in dir.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-        let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
+    for text in fdinfos(pid) {
+        let field = |key: &str| fdinfo_field(&text, key);
         let (Some(kind), Some(path)) = (field("link_type:"), field("path:")) else { continue };
         if !kind.ends_with("probe_multi") || !path.contains(file) {
             continue;
@@ -630,19 +628,28 @@ pub fn probed_offsets(pid: u32, file: &str) -> BTreeSet<(String, String, String)
 /// read from the kernel (`/proc/PID/fdinfo`), not from pyleak's own account. `LIVE_ALLOCS`
 /// is pyleak's only plain hash map (`map_type` 1) with 16-byte keys and 32-byte values.
 pub fn live_allocs_capacities(pid: u32) -> Vec<u64> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return out };
-    for entry in dir.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-        let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
-        let shape = (field("map_type:"), field("key_size:"), field("value_size:"));
-        if shape == (Some("1".into()), Some("16".into()), Some("32".into()))
-            && let Some(n) = field("max_entries:").and_then(|n| n.parse().ok())
-        {
-            out.push(n);
-        }
-    }
-    out
+    fdinfos(pid)
+        .filter(|text| {
+            let field = |key: &str| fdinfo_field(text, key);
+            (field("map_type:"), field("key_size:"), field("value_size:"))
+                == (Some("1".into()), Some("16".into()), Some("32".into()))
+        })
+        .filter_map(|text| fdinfo_field(&text, "max_entries:")?.parse().ok())
+        .collect()
+}
+
+/// The text of each `/proc/PID/fdinfo` entry of process `pid` (none if it is gone).
+fn fdinfos(pid: u32) -> impl Iterator<Item = String> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+}
+
+/// The value of an fdinfo line `key` (`"map_type:"`), trimmed.
+fn fdinfo_field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string())
 }
 
 /// The children of process `pid`.
