@@ -3,7 +3,9 @@
 //! the kernel side had to drop.
 use std::{collections::HashMap, time::Duration};
 
-use pyleak_common::{Counter, STACK_NO_PYTHON, STACK_READ_ERROR, STACK_TRUNCATED, StackCounters};
+use pyleak_common::{
+    Counter, MAX_INFLIGHT, STACK_NO_PYTHON, STACK_READ_ERROR, STACK_TRUNCATED, StackCounters,
+};
 
 use crate::model::{Frame, NativeFrame, ProgramCost, PythonInfo, Report, StackStats, Totals};
 
@@ -32,6 +34,17 @@ pub struct Inputs<'a> {
     /// `--bpf-stats`: the kernel programs' run counts and times.
     pub kernel_programs: Option<Vec<ProgramCost>>,
     pub resolved: &'a HashMap<u64, ResolvedStack>,
+    /// What the kernel maps were sized for, named when one was full.
+    pub capacity: Capacity,
+}
+
+/// The capacities the kernel maps were loaded with (`LoadOptions`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Outstanding allocations (`--max-allocations`, `limits.max_live_allocations`).
+    pub live_allocs: u32,
+    /// Distinct stacks (`--max-stacks`, `limits.max_stacks`).
+    pub stacks: u32,
 }
 
 pub fn build(inp: Inputs<'_>) -> Report {
@@ -109,11 +122,31 @@ pub fn build(inp: Inputs<'_>) -> Report {
             .notes
             .push(format!("{read_errors} stack captures hit an unreadable frame; those stacks are partial"));
     }
-    if totals.lost_events > 0 {
-        python.notes.push(format!(
-            "{} allocations were not recorded because a kernel map was full (raise --max-allocations / --max-stacks)",
-            totals.lost_events
-        ));
+    // One note per full map: which one, how large it was, and how to make it larger.
+    let cap = inp.capacity;
+    for (lost, why) in [
+        (
+            counter(Counter::LostLiveFull),
+            format!(
+                "the outstanding-allocation map was full ({} entries: raise --max-allocations, or limits.max_live_allocations in the daemon's configuration)",
+                cap.live_allocs
+            ),
+        ),
+        (
+            counter(Counter::LostStacksFull) + counter(Counter::LostStatsFull),
+            format!(
+                "the stack map was full ({} stacks: raise --max-stacks, or limits.max_stacks in the daemon's configuration)",
+                cap.stacks
+            ),
+        ),
+        (
+            counter(Counter::LostInflightFull),
+            format!("more than {MAX_INFLIGHT} threads were inside an allocator call at once"),
+        ),
+    ] {
+        if lost > 0 {
+            python.notes.push(format!("{lost} allocations were not recorded because {why}"));
+        }
     }
 
     let mut stacks: Vec<StackStats> = per_stack.into_values().collect();
@@ -159,6 +192,8 @@ mod tests {
         Frame { function: f.into(), qualname: f.into(), file: "/app.py".into(), line }
     }
 
+    const CAPACITY: Capacity = Capacity { live_allocs: 4096, stacks: 512 };
+
     fn counters(n: u64) -> StackCounters {
         StackCounters { allocated_bytes: n * 100, allocations: n, freed_bytes: 0, frees: 0 }
     }
@@ -183,6 +218,7 @@ mod tests {
             kernel_programs: None,
             counters: vec![(Counter::LostLiveFull, 3), (Counter::Allocs, 99)],
             resolved: &resolved,
+            capacity: CAPACITY,
         });
         assert_eq!(r.stacks[0].frames[0].function, "leak");
         assert_eq!(r.stacks[0].outstanding_bytes, 1000);
@@ -192,7 +228,13 @@ mod tests {
         assert_eq!(r.totals.outstanding_bytes, 1100);
         assert_eq!(r.totals.freed_bytes, 4900);
         assert_eq!(r.totals.lost_events, 3);
-        assert!(r.python.notes.iter().any(|n| n.contains("3 allocations were not recorded")));
+        assert!(
+            r.python.notes.iter().any(|n| n
+                .starts_with("3 allocations were not recorded because the outstanding-allocation map was full (4096 entries: raise --max-allocations")),
+            "{:?}",
+            r.python.notes
+        );
+        assert!(!r.python.notes.iter().any(|n| n.contains("stack map")), "{:?}", r.python.notes);
     }
 
     #[test]
@@ -207,12 +249,21 @@ mod tests {
             live: Some(vec![(1, 100, 5, 1), (1, 100, 6, 1)]),
             sample_bytes: 0,
             kernel_programs: None,
-            counters: vec![],
+            counters: vec![(Counter::LostStatsFull, 2), (Counter::LostStacksFull, 1)],
             resolved: &resolved,
+            capacity: CAPACITY,
         });
         assert_eq!(r.stacks[0].outstanding_bytes, 200);
         assert_eq!(r.stacks[0].outstanding_allocations, 2);
         assert!(r.stacks[0].frames[0].function.starts_with("<unknown code"));
         assert!(r.python.notes.iter().any(|n| n.contains("could not be symbolized")));
+        // A full stack-counter map is the stack map's limit too (both are sized by max_stacks).
+        assert!(
+            r.python.notes.iter().any(|n| n.starts_with(
+                "3 allocations were not recorded because the stack map was full (512 stacks: raise --max-stacks"
+            )),
+            "{:?}",
+            r.python.notes
+        );
     }
 }

@@ -99,6 +99,8 @@ pub struct Session {
     sample_bytes: u64,
     /// `--bpf-stats`: reports carry the kernel programs' costs.
     bpf_stats: bool,
+    /// What the kernel maps were sized for (a report names the one that was full).
+    capacity: aggregate::Capacity,
 }
 
 /// Turns stack ids into symbolized frames as soon as they appear.
@@ -227,6 +229,7 @@ impl Session {
             started: Instant::now(),
             sample_bytes: opts.sample_bytes,
             bpf_stats: opts.bpf_stats,
+            capacity: aggregate::Capacity { live_allocs: opts.max_live_allocs, stacks: opts.max_stacks },
         })
     }
 
@@ -299,6 +302,7 @@ impl Session {
             counters,
             kernel_programs: self.bpf_stats.then(|| self.probes.program_costs()),
             resolved: &resolver.resolved,
+            capacity: self.capacity,
         })
     }
 }

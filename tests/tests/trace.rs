@@ -333,8 +333,9 @@ fn trace_bpf_stats_account_each_program() {
 /// A full kernel map must cost counted, reported allocations, never a crash
 /// or a silently wrong total: with room for only 200 outstanding blocks,
 /// leak_basic.py (2,000 leaked blocks) loses allocations, the report says
-/// how many (totals.lost_events and a note), and what it does report stays
-/// consistent (no more than 200 blocks outstanding).
+/// how many (totals.lost_events and a note naming the full map, its size and
+/// the option to raise), and what it does report stays consistent (no more
+/// than 200 blocks outstanding).
 #[test]
 fn trace_full_map_counts_lost_events() {
     for_each_python(|python| {
@@ -348,8 +349,10 @@ fn trace_full_map_counts_lost_events() {
         assert!(t.lost_events > 1000, "expected lost events with a 200-entry map\n{report}");
         assert!(t.outstanding_allocations <= 200, "more blocks outstanding than the map holds\n{report}");
         assert!(
-            report.json.python.notes.iter().any(|n| n.contains("not recorded because a kernel map was full")),
-            "the report does not explain the lost events\n{report}"
+            report.json.python.notes.iter().any(|n| n.contains(
+                "not recorded because the outstanding-allocation map was full (200 entries: raise --max-allocations"
+            )),
+            "the report does not say which map was full, how large it was, and what to raise\n{report}"
         );
     });
 }
