@@ -241,8 +241,9 @@ pub struct CaptureArgs {
     pub no_planner: bool,
     /// Record only a sample of the allocations: about one per BYTES allocated (Poisson
     /// sampling by bytes: an allocation of s bytes is recorded with probability
-    /// 1 - exp(-s/BYTES) and stands for s/p bytes). Much cheaper per allocation; reports then
-    /// carry unbiased estimates and say so. Units: 524288, 512KiB, 4MiB. Try 512KiB for a
+    /// 1 - exp(-s/BYTES) and stands for s/p bytes). Much cheaper per allocation, and needs
+    /// a smaller outstanding-allocation map (see --max-allocations); reports then carry
+    /// unbiased estimates and say so. Units: 524288, 512KiB, 4MiB. Try 512KiB for a
     /// trace you leave on; leaks of a few MiB stand out, smaller ones need a smaller BYTES.
     #[arg(long, value_name = "BYTES", value_parser = crate::sampling::parse_sample_bytes)]
     pub sample_bytes: Option<u64>,
