@@ -121,7 +121,36 @@ impl Limits {
             bpf_stats: self.bpf_stats,
         }
     }
+
+    /// Kernel memory each traced process's outstanding-allocation map reserves at attach
+    /// (`LIVE_ALLOCS`: 112 bytes per entry, buckets included, as the kernel's `memlock` says).
+    pub fn live_map_bytes(&self) -> u64 {
+        self.max_live_allocations as u64 * LIVE_ALLOC_ENTRY_BYTES
+    }
+
+    /// A hint when sampling and `max_live_allocations` is set above what sampling needs (a
+    /// configuration written before sampled mode sized the map, which still says 1048576).
+    pub fn oversized_live_map(&self) -> Option<String> {
+        if self.sample_bytes == 0 {
+            return None;
+        }
+        let needed = crate::sampling::default_max_live_allocs(self.sample_bytes);
+        (self.max_live_allocations > needed).then(|| {
+            format!(
+                "limits.max_live_allocations = {} reserves {} MiB of kernel memory per traced process; \
+                 sampled at {} bytes, {needed} entries ({} MiB) have room for 64 GiB outstanding: \
+                 remove the key to use that",
+                self.max_live_allocations,
+                self.live_map_bytes() >> 20,
+                self.sample_bytes,
+                (needed as u64 * LIVE_ALLOC_ENTRY_BYTES) >> 20,
+            )
+        })
+    }
 }
+
+/// Kernel memory per `LIVE_ALLOCS` entry (see [`Limits::live_map_bytes`]).
+const LIVE_ALLOC_ENTRY_BYTES: u64 = 112;
 
 /// `[log] level`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -919,6 +948,19 @@ mod tests {
         assert_eq!(set.limits.max_live_allocations, 2_000_000, "a value the user sets is kept");
         let exact = parse("[limits]\nsample_bytes = 0\n").unwrap();
         assert_eq!(exact.limits.max_live_allocations, pyleak_common::DEFAULT_MAX_LIVE_ALLOCS);
+    }
+
+    #[test]
+    fn an_old_explicit_map_size_with_sampling_gets_a_hint() {
+        let old = parse("[limits]\nsample_bytes = 524288\nmax_live_allocations = 1048576\n").unwrap();
+        assert_eq!(old.limits.live_map_bytes(), 112 << 20);
+        let hint = old.limits.oversized_live_map().expect("a hint");
+        assert!(hint.contains("reserves 112 MiB") && hint.contains("131072 entries (14 MiB)"), "{hint}");
+        let sized = parse("[limits]\nsample_bytes = 524288\n").unwrap();
+        assert_eq!(sized.limits.oversized_live_map(), None);
+        let smaller = parse("[limits]\nsample_bytes = 524288\nmax_live_allocations = 5000\n").unwrap();
+        assert_eq!(smaller.limits.oversized_live_map(), None, "a smaller map is the user's choice");
+        assert_eq!(parse("").unwrap().limits.oversized_live_map(), None, "exact mode needs every entry");
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub fn run(overrides: Overrides) -> Result<()> {
         listen = %config.listen,
         targets = config.targets.iter().count(),
         max_processes = config.limits.max_processes,
+        sample_bytes = config.limits.sample_bytes,
+        live_map_mib_per_process = config.limits.live_map_bytes() >> 20,
         "starting"
     );
     let mut watcher = ExecWatcher::start().context("cannot watch for new processes")?;
@@ -170,6 +172,9 @@ fn load_config(o: &Overrides) -> Result<Config> {
     }
     if config.targets.is_empty() {
         tracing::warn!("no targets: nothing will be traced (add [[target]] tables, --pid or --match)");
+    }
+    if let Some(hint) = config.limits.oversized_live_map() {
+        tracing::warn!("{hint}");
     }
     Ok(config)
 }
