@@ -880,16 +880,22 @@ impl Drop for Tracer {
     }
 }
 
+/// Attaches `pyleak trace` (with `extra_args`) to a ready scenario, then runs its work
+/// (`go` ... `done`): the tracer, still tracing.
+pub fn trace_work(target: &mut Target, extra_args: &[&str]) -> Tracer {
+    let mut tracer = Tracer::start(target.pid(), extra_args);
+    tracer.wait_attached();
+    target.send("go");
+    target.wait_for_line("done");
+    tracer
+}
+
 /// The usual trace of a protocol scenario: start it, attach pyleak, `go`,
 /// wait for `done`, end the trace with SIGINT while the target is still
 /// alive. Checks the report's general invariants ([`Report::check_contract`]).
 pub fn trace_scenario(python: &Python, script_name: &str, extra_args: &[&str]) -> Report {
     let mut target = Target::ready(python, script_name);
-    let mut tracer = Tracer::start(target.pid(), extra_args);
-    tracer.wait_attached();
-    target.send("go");
-    target.wait_for_line("done");
-    let mut report = tracer.stop();
+    let mut report = trace_work(&mut target, extra_args).stop();
     report.context = format!("{python}, {script_name}: {}", report.context);
     report.check_contract(python, Some(target.pid()));
     report

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use pyleak_e2e::{
     Stack, Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds,
     live_allocs_capacities, marker_line, pythons, require_root, script, script_const, serial, trace_scenario,
-    tracemalloc_truth,
+    trace_work, tracemalloc_truth,
 };
 
 /// leak_basic.py: the top stack is the leak, with tracemalloc's bytes and
@@ -239,10 +239,7 @@ fn trace_target_exits_midway() {
 
         let mut target = Target::ready(python, "exits_midway.py");
         let pid = target.pid();
-        let mut tracer = Tracer::start(pid, &[]);
-        tracer.wait_attached();
-        target.send("go");
-        target.wait_for_line("done");
+        let tracer = trace_work(&mut target, &[]);
         let status = target.wait_exit(Duration::from_secs(30));
         assert!(status.success(), "exits_midway.py failed: {status}\n{}", target.output());
         let mut report = tracer.stop_after_target_exit(Duration::from_secs(15));
@@ -267,11 +264,7 @@ fn trace_duration_ends_trace() {
 
         let mut target = Target::ready(python, "leak_basic.py");
         let started = Instant::now();
-        let mut tracer = Tracer::start(target.pid(), &["--duration", "5"]);
-        tracer.wait_attached();
-        target.send("go");
-        target.wait_for_line("done");
-        let mut report = tracer.finish(Duration::from_secs(60));
+        let mut report = trace_work(&mut target, &["--duration", "5"]).finish(Duration::from_secs(60));
         let elapsed = started.elapsed();
         report.context = format!("{python}, leak_basic.py: {}", report.context);
 
@@ -340,11 +333,7 @@ fn trace_bpf_stats_account_each_program() {
 fn trace_full_map_counts_lost_events() {
     for_each_python(|python| {
         let mut target = Target::ready(python, "leak_basic.py");
-        let mut tracer = Tracer::start(target.pid(), &["--max-allocations", "200"]);
-        tracer.wait_attached();
-        target.send("go");
-        target.wait_for_line("done");
-        let report = tracer.stop();
+        let report = trace_work(&mut target, &["--max-allocations", "200"]).stop();
         let t = &report.json.totals;
         assert!(t.lost_events > 1000, "expected lost events with a 200-entry map\n{report}");
         assert!(t.outstanding_allocations <= 200, "more blocks outstanding than the map holds\n{report}");
