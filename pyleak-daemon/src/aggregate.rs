@@ -238,6 +238,29 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_loss_gets_a_note() {
+        let resolved = HashMap::new();
+        for &c in Counter::ALL.iter().filter(|c| c.is_loss()) {
+            let r = build(Inputs {
+                pid: 7,
+                command: String::new(),
+                python: PythonInfo::default(),
+                duration: Duration::from_secs(1),
+                stats: vec![],
+                live: None,
+                sample_bytes: 0,
+                kernel_programs: None,
+                counters: vec![(c, 5)],
+                resolved: &resolved,
+                capacity: CAPACITY,
+            });
+            assert_eq!(r.totals.lost_events, 5, "{c:?}");
+            let notes: Vec<_> = r.python.notes.iter().filter(|n| n.contains("were not recorded")).collect();
+            assert!(notes.len() == 1 && notes[0].starts_with("5 allocations"), "{c:?}: {notes:?}");
+        }
+    }
+
+    #[test]
     fn min_age_counts_only_old_blocks_and_unresolved_is_visible() {
         let resolved = HashMap::new();
         let r = build(Inputs {
