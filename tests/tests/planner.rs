@@ -1,20 +1,20 @@
 // The probe-site planner (issue #5): with it (the default) pyleak probes the allocator
 // table's implementations and puts entry probes on instructions the kernel emulates; with
 // --no-planner it probes the public entry points on their first instruction. The values the
-// programs read at the planned sites must equal those read at the entries: run_leak.py's
-// leaking stack must show the same outstanding bytes, outstanding blocks and allocated bytes
-// either way, on every interpreter of the matrix and on Debian's LTO python3.11. And
-// `doctor` shows the plan.
+// programs read at the planned sites must equal those read at the entries: the leaking
+// stack must show the same outstanding bytes, outstanding blocks and allocated bytes either
+// way, on every interpreter of the matrix (leak_basic.py under `pyleak trace`) and on
+// Debian's LTO python3.11 (run_leak.py under `pyleak run`). And `doctor` shows the plan.
 //
-// The comparison is exact. The leaking line makes the same allocations in every run (3000
-// bytes objects of a fixed size, plus the list's growth, which depends only on the count),
-// so any difference means a probe read a wrong value or fired a wrong number of times.
+// The comparison is exact. The leaking line makes the same allocations in every run (bytes
+// objects of a fixed size, plus the list's growth, which depends only on the count), so any
+// difference means a probe read a wrong value or fired a wrong number of times.
 
 use std::path::Path;
 
 use pyleak_e2e::{
-    Python, Report, doctor_of, for_each_python, marker_line, require_root, run_command, run_report, script,
-    serial,
+    Python, Report, doctor_of, for_each_python, marker_line, require_root, run_command, script, serial,
+    trace_scenario,
 };
 use serde_json::Value;
 
@@ -29,15 +29,19 @@ fn planner_note(notes: &[String]) -> bool {
     notes.iter().any(|n| n.contains("planner off"))
 }
 
+/// Under `pyleak trace` on a process that is ready: under `pyleak run` the raw allocator's
+/// probes are removed during the first second, and a call in flight at that moment is lost
+/// (ARCHITECTURE.md, "Forwarders are not probed"), so two runs can differ by one allocation
+/// (CI saw 12,037 against 12,038 on 3.8). `run`'s plan is the same as `trace`'s:
+/// `run_drops_raw_allocator_probes_once_bound` compares the probed offsets.
 #[test]
 fn planned_sites_read_what_the_entries_read() {
+    const TRACED: &str = "leak_basic.py";
     for_each_python(|python: &Python| {
-        let leak = marker_line(&script(SCRIPT), "LEAK");
-        let on = run_report(python, &script(SCRIPT), &[], &[]);
-        let off = run_report(python, &script(SCRIPT), &[], &["--no-planner"]);
-        on.check_contract(python, None);
-        off.check_contract(python, None);
-        let (a, b) = (on.expect_stack_at(SCRIPT, leak), off.expect_stack_at(SCRIPT, leak));
+        let leak = marker_line(&script(TRACED), "LEAK");
+        let on = trace_scenario(python, TRACED, &[]);
+        let off = trace_scenario(python, TRACED, &["--no-planner"]);
+        let (a, b) = (on.expect_stack_at(TRACED, leak), off.expect_stack_at(TRACED, leak));
         assert_eq!(
             leak_numbers(a),
             leak_numbers(b),
