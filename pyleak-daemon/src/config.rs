@@ -122,10 +122,9 @@ impl Limits {
         }
     }
 
-    /// Kernel memory each traced process's outstanding-allocation map reserves at attach
-    /// (`LIVE_ALLOCS`: 112 bytes per entry, buckets included, as the kernel's `memlock` says).
+    /// Kernel memory each traced process's outstanding-allocation map reserves at attach.
     pub fn live_map_bytes(&self) -> u64 {
-        self.max_live_allocations as u64 * LIVE_ALLOC_ENTRY_BYTES
+        live_map_bytes(self.max_live_allocations)
     }
 
     /// A hint when sampling and `max_live_allocations` is set above what sampling needs (a
@@ -138,19 +137,23 @@ impl Limits {
         (self.max_live_allocations > needed).then(|| {
             format!(
                 "limits.max_live_allocations = {} reserves {} MiB of kernel memory per traced process; \
-                 sampled at {} bytes, {needed} entries ({} MiB) have room for 64 GiB outstanding: \
+                 sampled at {} bytes, {needed} entries ({} MiB) have room for {} GiB outstanding: \
                  remove the key to use that",
                 self.max_live_allocations,
                 self.live_map_bytes() >> 20,
                 self.sample_bytes,
-                (needed as u64 * LIVE_ALLOC_ENTRY_BYTES) >> 20,
+                live_map_bytes(needed) >> 20,
+                crate::sampling::SAMPLED_COVER_BYTES >> 30,
             )
         })
     }
 }
 
-/// Kernel memory per `LIVE_ALLOCS` entry (see [`Limits::live_map_bytes`]).
-const LIVE_ALLOC_ENTRY_BYTES: u64 = 112;
+/// Kernel memory of a `LIVE_ALLOCS` map with `entries` entries, reserved at attach: 112 bytes
+/// each, buckets included, as the kernel's `memlock` says.
+fn live_map_bytes(entries: u32) -> u64 {
+    entries as u64 * 112
+}
 
 /// `[log] level`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -43,7 +43,7 @@ pub fn parse_sample_bytes(text: &str) -> Result<u64, String> {
 
 /// Outstanding memory that sampled mode's default outstanding-allocation map has room for
 /// (see [`default_max_live_allocs`]).
-const SAMPLED_COVER_BYTES: u64 = 64 << 30;
+pub const SAMPLED_COVER_BYTES: u64 = 64 << 30;
 /// The least default capacity in sampled mode (under 2 MiB of kernel memory).
 const SAMPLED_MIN_LIVE_ALLOCS: u32 = 16 * 1024;
 
