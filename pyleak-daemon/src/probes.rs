@@ -310,27 +310,7 @@ impl Probes {
         sites: &[ProbeSite],
     ) -> Result<Vec<(&'static str, UProbeLinkId)>> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?);
-        // (program, [(file offset, cookie)]): the entry program at the planned instruction
-        // with its cookie, the return program at the function's first instruction.
-        let mut by_program: Vec<(&'static str, Vec<Point<'_>>)> = Vec::new();
-        for site in sites {
-            let f = site.function.as_str();
-            let (entry, exit) = if self.empty_programs {
-                (PROG_EMPTY_ENTER, PROG_EMPTY_EXIT)
-            } else {
-                (site.kind.entry_program(), PROG_ALLOC_EXIT)
-            };
-            let mut points = vec![(entry, (site.entry_offset, Some(site.cookie), f))];
-            if site.kind.has_return_probe() {
-                points.push((exit, (site.file_offset, None, f)));
-            }
-            for (name, point) in points {
-                match by_program.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, offsets)) => offsets.push(point),
-                    None => by_program.push((name, vec![point])),
-                }
-            }
-        }
+        let by_program = group_by_program(sites, self.empty_programs);
         let mut links = Vec::new();
         for (name, points) in by_program {
             let at: Vec<String> = points.iter().map(|p| format!("{}@{:#x}", p.2, p.0)).collect();
@@ -502,6 +482,45 @@ pub fn ring_fd(ring: &RingBuf<MapData>) -> i32 {
     ring.as_raw_fd()
 }
 
+/// The links to make for `sites`, in attach order: (program, [(file offset, cookie,
+/// function)]), the entry program at the planned instruction with its cookie, the return
+/// program at the function's first instruction.
+///
+/// Return programs come first. An entry program live before its return program would make
+/// the calls that hit it in between deepen their thread's record with no return to undo it:
+/// every later call on that thread would look nested and go unrecorded, uncounted. The other
+/// way round, such a call's return finds no record and is counted as unmatched. (Entry and
+/// return share the function's first instruction, so each hit sees both programs or only
+/// the return one.)
+fn group_by_program(sites: &[ProbeSite], empty_programs: bool) -> Vec<(&'static str, Vec<Point<'_>>)> {
+    let mut by_program: Vec<(&'static str, Vec<Point<'_>>)> = Vec::new();
+    for site in sites {
+        let f = site.function.as_str();
+        let (entry, exit) = if empty_programs {
+            (PROG_EMPTY_ENTER, PROG_EMPTY_EXIT)
+        } else {
+            (site.kind.entry_program(), PROG_ALLOC_EXIT)
+        };
+        let mut points = vec![(entry, (site.entry_offset, Some(site.cookie), f))];
+        if site.kind.has_return_probe() {
+            points.push((exit, (site.file_offset, None, f)));
+        }
+        for (name, point) in points {
+            match by_program.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, offsets)) => offsets.push(point),
+                None => by_program.push((name, vec![point])),
+            }
+        }
+    }
+    by_program.sort_by_key(|&(name, _)| name != exit_program(empty_programs));
+    by_program
+}
+
+/// The return program of every allocating site.
+fn exit_program(empty_programs: bool) -> &'static str {
+    if empty_programs { PROG_EMPTY_EXIT } else { PROG_ALLOC_EXIT }
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
     let prog =
         ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
@@ -519,4 +538,33 @@ fn permission_hint(err: anyhow::Error) -> anyhow::Error {
         return anyhow::Error::new(ProbeError::MissingCapability).context(text);
     }
     err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(function: &str, kind: AllocFn, offset: u64) -> ProbeSite {
+        ProbeSite { function: function.into(), kind, file_offset: offset, entry_offset: offset, cookie: 0 }
+    }
+
+    #[test]
+    fn return_programs_are_attached_before_entry_programs() {
+        let sites = [
+            site("_PyObject_Malloc", AllocFn::Malloc, 0x100),
+            site("_PyObject_Free", AllocFn::Free, 0x200),
+            site("_PyObject_Realloc", AllocFn::Realloc, 0x300),
+        ];
+        for empty in [false, true] {
+            let groups = group_by_program(&sites, empty);
+            let names: Vec<&str> = groups.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names[0], exit_program(empty), "{names:?}");
+            assert_eq!(names.iter().filter(|n| **n == exit_program(empty)).count(), 1, "{names:?}");
+            // The return program covers every allocating function at its first instruction.
+            let returns: Vec<u64> = groups[0].1.iter().map(|p| p.0).collect();
+            assert_eq!(returns, [0x100, 0x300]);
+            let all: usize = groups.iter().map(|(_, p)| p.len()).sum();
+            assert_eq!(all, 5, "three entries and two returns: {groups:?}");
+        }
+    }
 }

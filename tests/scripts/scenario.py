@@ -25,6 +25,7 @@ The two top-level keys repeat the first marker's figures.
 
 import json
 import os
+import select
 import sys
 import tracemalloc
 
@@ -64,12 +65,14 @@ def _ground_truth(snapshot, path, markers):
     return result
 
 
-def run(work, markers, after_done=None):
+def run(work, markers, after_done=None, busy_wait=None):
     """Run `work()` under the protocol above.
 
     `markers` lists the marker comments whose ground truth is reported in
     tracemalloc mode (the first one is the main leak). `after_done`, if
     given, is called after `done` instead of waiting for EOF on stdin.
+    `busy_wait`, if given, is called over and over while waiting for `go`
+    (instead of blocking), so the test attaches in the middle of its calls.
     """
     path = os.path.abspath(sys.modules["__main__"].__file__)
     for marker in markers:  # fail early on a broken marker, in both modes
@@ -77,6 +80,9 @@ def run(work, markers, after_done=None):
     ground_truth = os.environ.get("PYLEAK_TEST_TRACEMALLOC") == "1"
 
     print("ready", flush=True)
+    if busy_wait is not None:
+        while not select.select([sys.stdin], [], [], 0)[0]:
+            busy_wait()
     command = sys.stdin.readline().strip()
     if command != "go":
         raise SystemExit(f"expected 'go' on stdin, got {command!r}")
