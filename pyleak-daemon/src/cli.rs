@@ -275,15 +275,24 @@ impl ReportArgs {
 
 fn parse_duration(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
+        Ok(v) if v > 0.0 && v <= MAX_SECONDS => Ok(v),
+        _ => Err(format!("expected a positive number of seconds, at most {MAX_SECONDS:e}, got {s:?}")),
     }
 }
 
 fn parse_min_age(s: &str) -> Result<f64, String> {
+    seconds(s).map_err(|e| format!("{e}, got {s:?}"))
+}
+
+/// The longest `--duration` or `--min-age` (and HTTP `min_age`) taken: about 31 years. A
+/// bound keeps every deadline and every age in nanoseconds representable.
+pub const MAX_SECONDS: f64 = 1e9;
+
+/// A number of seconds from 0 to [`MAX_SECONDS`], or why not (without the input).
+pub fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("expected a number of seconds >= 0, got {s:?}")),
+        Ok(v) if (0.0..=MAX_SECONDS).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number of seconds from 0 to {MAX_SECONDS:e}")),
     }
 }
 
@@ -325,6 +334,9 @@ mod tests {
             &["trace", "--pid", "1", "--format", "nope"],
             &["trace", "--pid", "1", "--stack-depth", "129"],
             &["trace", "--pid", "1", "--min-age", "-1"],
+            &["trace", "--pid", "1", "--min-age", "1e20"],
+            &["trace", "--pid", "1", "--duration", "1e20"],
+            &["trace", "--pid", "1", "--duration", "inf"],
             &["trace", "--pid", "1", "--frames", "0"],
             &["run"],
         ] {

@@ -500,14 +500,17 @@ fn compile_limits(src: &Source, raw: RawLimits) -> Result<Limits, ConfigError> {
         None => None,
         Some(v) => {
             let secs = *v.get_ref();
-            let age = Duration::try_from_secs_f64(secs).map_err(|_| {
-                src.error(
+            if !(0.0..=crate::cli::MAX_SECONDS).contains(&secs) {
+                return Err(src.error(
                     v.span(),
                     "limits.min_age_secs",
-                    format!("{secs} is not a number of seconds >= 0 (e.g. 60, or 0.5)"),
-                )
-            })?;
-            Some(age)
+                    format!(
+                        "{secs} is not a number of seconds from 0 to {:e} (e.g. 60, or 0.5)",
+                        crate::cli::MAX_SECONDS
+                    ),
+                ));
+            }
+            Some(Duration::from_secs_f64(secs))
         }
     };
     let sample_bytes = in_range(
@@ -1181,8 +1184,9 @@ level = "debug"
         ));
         assert_eq!(
             error("[limits]\nmin_age_secs = -1"),
-            "test.toml:2:16: limits.min_age_secs: -1 is not a number of seconds >= 0 (e.g. 60, or 0.5)"
+            "test.toml:2:16: limits.min_age_secs: -1 is not a number of seconds from 0 to 1e9 (e.g. 60, or 0.5)"
         );
+        assert!(error("[limits]\nmin_age_secs = 1e20").contains("limits.min_age_secs: 100000000000000000000 is not"));
         assert!(error("[limits]\nmin_age_secs = nan").contains("limits.min_age_secs: NaN is not a number"));
         assert!(error("[limits]\nmin_age_secs = inf").contains("limits.min_age_secs: inf is not a number"));
     }

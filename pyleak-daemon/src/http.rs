@@ -270,9 +270,9 @@ pub fn parse_report_query(query: &str, default_format: Format) -> Result<ReportQ
                 }
                 q.frames = Some(n);
             }
-            "min_age" | "min-age" => match v.parse::<f64>() {
-                Ok(s) if s >= 0.0 && s.is_finite() => q.min_age = Some(Duration::from_secs_f64(s)),
-                _ => return Err(format!("min_age: expected a number of seconds >= 0, got {v:?}")),
+            "min_age" | "min-age" => match crate::cli::seconds(v) {
+                Ok(s) => q.min_age = Some(Duration::from_secs_f64(s)),
+                Err(e) => return Err(format!("min_age: {e}, got {v:?}")),
             },
             "include" => q.include.push(v.to_string()),
             "exclude" => q.exclude.push(v.to_string()),
@@ -382,6 +382,8 @@ mod tests {
             ("pid=1&top=-1", "top: expected"),
             ("pid=1&frames=0", "frames: must be"),
             ("pid=1&min_age=-2", "min_age"),
+            ("pid=1&min_age=1e20", "min_age: expected a number of seconds from 0 to 1e9"),
+            ("pid=1&min_age=NaN", "min_age"),
             ("pid=1&color=red", "unknown parameter \"color\""),
         ] {
             let err = parse_report_query(query, Format::Json).unwrap_err();

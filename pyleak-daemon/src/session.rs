@@ -286,7 +286,7 @@ impl Session {
             );
         }
         let live = min_age.map(|age| {
-            let cutoff = monotonic_ns().saturating_sub(age.as_nanos() as u64);
+            let cutoff = monotonic_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
             self.tables.live_blocks(self.pid).into_iter().filter(|b| b.2 <= cutoff).collect::<Vec<_>>()
         });
         let counters = self.tables.counters();
