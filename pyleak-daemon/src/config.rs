@@ -1186,7 +1186,10 @@ level = "debug"
             error("[limits]\nmin_age_secs = -1"),
             "test.toml:2:16: limits.min_age_secs: -1 is not a number of seconds from 0 to 1e9 (e.g. 60, or 0.5)"
         );
-        assert!(error("[limits]\nmin_age_secs = 1e20").contains("limits.min_age_secs: 100000000000000000000 is not"));
+        assert!(
+            error("[limits]\nmin_age_secs = 1e20")
+                .contains("limits.min_age_secs: 100000000000000000000 is not")
+        );
         assert!(error("[limits]\nmin_age_secs = nan").contains("limits.min_age_secs: NaN is not a number"));
         assert!(error("[limits]\nmin_age_secs = inf").contains("limits.min_age_secs: inf is not a number"));
     }

@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap as StdHashMap,
     num::NonZeroU32,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::Path,
     sync::OnceLock,
 };
@@ -434,10 +434,33 @@ impl Tables {
 
     /// Outstanding blocks of one process: (stack id, size, allocation time in ns).
     /// The process's outstanding blocks: (stack id, bytes, time, count weight).
+    ///
+    /// Read while the process runs and frees: with the kernel's batch lookup, which walks the
+    /// hash table bucket by bucket and so yields each entry at most once. Key-by-key
+    /// iteration restarts from the first bucket whenever the key it stands on was deleted
+    /// meanwhile, yielding blocks again (their bytes counted twice); it is only the fallback
+    /// (kernels without batch operations), deduplicated by address.
     pub fn live_blocks(&self, pid: u32) -> Vec<(u64, u64, u64, u64)> {
-        self.live
-            .iter()
-            .flatten()
+        use aya::maps::IterableMap;
+        let entries = match lookup_batch::<AllocKey, AllocInfo>(self.live.map().fd().as_fd()) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!("batch lookup of {MAP_LIVE_ALLOCS}: {e}; reading it key by key");
+                let unique: StdHashMap<u64, AllocInfo> = self
+                    .live
+                    .iter()
+                    .flatten()
+                    .filter(|(k, _)| k.tgid == pid)
+                    .map(|(k, v)| (k.addr, v))
+                    .collect();
+                return unique
+                    .into_values()
+                    .map(|v| (v.stack_id, v.size, v.timestamp_ns, v.count_weight))
+                    .collect();
+            }
+        };
+        entries
+            .into_iter()
             .filter(|(k, _)| k.tgid == pid)
             .map(|(_, v)| (v.stack_id, v.size, v.timestamp_ns, v.count_weight))
             .collect()
@@ -480,6 +503,74 @@ pub fn parse_new_stack(bytes: &[u8]) -> Option<NewStack> {
 /// The ring buffer's fd, for poll(2).
 pub fn ring_fd(ring: &RingBuf<MapData>) -> i32 {
     ring.as_raw_fd()
+}
+
+/// Every entry of a (non-per-CPU) hash map, with `BPF_MAP_LOOKUP_BATCH` (aya has no batch
+/// operations): the kernel hands out whole buckets, resuming from the bucket it returns as a
+/// token, so entries deleted or added meanwhile never make it yield an entry twice.
+fn lookup_batch<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(K, V)>> {
+    /// `union bpf_attr`'s `batch` member (linux/bpf.h); the kernel zero-fills the rest.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let mut chunk = 4096usize;
+    let mut out = Vec::new();
+    // The bucket to resume from (the kernel's token is a u32 for hash maps; 8 bytes of room).
+    let (mut token, mut next) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        // SAFETY: K and V are Pod (plain integers): all-zero values are valid.
+        let mut keys: Vec<K> = (0..chunk).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let mut values: Vec<V> = (0..chunk).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw const token as u64 },
+            out_batch: &raw mut next as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the attr and every buffer it points to outlive the call; the kernel writes
+        // at most `count` keys and values, and the token, into them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(chunk);
+        match err.as_ref().and_then(|e| e.raw_os_error()) {
+            // A bucket holds more entries than the buffer: again, with more room.
+            Some(libc::ENOSPC) if n == 0 && chunk < 1 << 22 => {
+                chunk *= 2;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            _ => return Err(err.unwrap_or_else(|| std::io::Error::other("batch lookup failed"))),
+        }
+        keys.truncate(n);
+        values.truncate(n);
+        out.extend(keys.into_iter().zip(values));
+        if err.is_some() {
+            return Ok(out); // ENOENT: that was the last bucket
+        }
+        token = next;
+        first = false;
+    }
 }
 
 /// The links to make for `sites`, in attach order: (program, [(file offset, cookie,
@@ -543,6 +634,62 @@ fn permission_hint(err: anyhow::Error) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process's outstanding blocks, read while another thread deletes and adds blocks
+    /// (as the traced process frees and allocates): each block comes out once. Key-by-key
+    /// iteration restarts whenever the key it stands on is deleted, and yields blocks again.
+    /// Loads the kernel object: needs CAP_SYS_ADMIN, like every test that traces.
+    #[test]
+    fn live_blocks_yields_each_block_once_while_the_map_changes() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        assert!(has_sys_admin(), "this test loads eBPF maps: run it as root (cargo xtask test does)");
+        let opts = LoadOptions { max_live_allocs: 1 << 16, ..LoadOptions::default() };
+        let (_probes, mut tables, _ring) = Probes::load(opts).expect("loading the kernel object");
+        let pid = 4242;
+        let block = move |addr: u64| {
+            // The stack id is the address, so the test can tell blocks apart.
+            (
+                AllocKey { tgid: pid, _pad: 0, addr },
+                AllocInfo { size: 16, stack_id: addr, timestamp_ns: 1, count_weight: 1 },
+            )
+        };
+        // Blocks that stay, and blocks that come and go while the map is read.
+        const STAYING: u64 = 4_096;
+        for addr in 0..STAYING {
+            let (k, v) = block(addr);
+            tables.live.insert(&k, &v, 0).unwrap();
+        }
+        use aya::maps::IterableMap;
+        let id = tables.live.map().info().unwrap().id();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let churn = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut live: HashMap<MapData, AllocKey, AllocInfo> =
+                    HashMap::try_from(aya::maps::Map::HashMap(MapData::from_id(id).unwrap())).unwrap();
+                // Short-lived blocks, as in a process that allocates and frees all the time:
+                // a reader that stands on one when it goes restarts from the first bucket.
+                let mut addr = 1u64 << 32;
+                while !stop.load(Ordering::Relaxed) {
+                    let (k, v) = block(addr);
+                    live.insert(&k, &v, 0).unwrap();
+                    let _ = live.remove(&block(addr - 1).0);
+                    addr += 1;
+                }
+            })
+        };
+        for _ in 0..20 {
+            let blocks = tables.live_blocks(pid);
+            let mut seen = std::collections::HashSet::new();
+            for (addr, ..) in &blocks {
+                assert!(seen.insert(*addr), "block {addr:#x} came out twice ({} blocks read)", blocks.len());
+            }
+            let staying = (0..STAYING).filter(|a| seen.contains(a)).count() as u64;
+            assert_eq!(staying, STAYING, "blocks that stayed all along are missing");
+        }
+        stop.store(true, Ordering::Relaxed);
+        churn.join().unwrap();
+    }
 
     fn site(function: &str, kind: AllocFn, offset: u64) -> ProbeSite {
         ProbeSite { function: function.into(), kind, file_offset: offset, entry_offset: offset, cookie: 0 }
