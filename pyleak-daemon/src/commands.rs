@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     cli::{CaptureArgs, ReportArgs},
     discovery,
+    exec_watch::ExecWatcher,
     launch::{self, Child, INTERRUPTED},
     model::Report,
     probes::LoadOptions,
@@ -41,8 +42,21 @@ pub fn trace(pid: u32, duration: Option<f64>, rep: &ReportArgs, cap: &CaptureArg
     // Validate the report options before attaching, so a typo costs nothing.
     check_report_args(rep)?;
     launch::install_interrupt_handler();
+    // A process that execs keeps its pid but is a new program: the probes, addresses and
+    // blocks traced are the old one's, so the trace ends there, as at an exit. Watched from
+    // before the attach, so no exec after it goes unseen.
+    let mut execs = match ExecWatcher::start() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::debug!("not watching for execve (the trace goes on after one): {e:#}");
+            None
+        }
+    };
     let session = Session::attach_with(pid, load_options(cap), !cap.no_planner, false)
         .with_context(|| format!("cannot trace pid {pid}"))?;
+    if let Some(w) = execs.as_mut() {
+        w.drain(); // execs before the attach finished: the program attached to is the new one
+    }
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
     announce(
         &session,
@@ -51,16 +65,20 @@ pub fn trace(pid: u32, duration: Option<f64>, rep: &ReportArgs, cap: &CaptureArg
             None => "tracing until Ctrl-C".to_string(),
         },
     );
-    let mut exited = false;
+    let mut ended = None;
     while !INTERRUPTED.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
         if !discovery::process_exists(pid) {
-            exited = true;
+            ended = Some("exited");
+            break;
+        }
+        if execs.as_mut().is_some_and(|w| w.drain().contains(&pid)) {
+            ended = Some("replaced its program (execve)");
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    if exited {
-        eprintln!("pyleak: pid {pid} exited during the trace; reporting what was seen until then");
+    if let Some(how) = ended {
+        eprintln!("pyleak: pid {pid} {how} during the trace; reporting what was seen until then");
     }
     let raw = session.finish(rep.min_age.map(Duration::from_secs_f64));
     write_report(&raw, rep)

@@ -115,6 +115,7 @@ pub fn run(overrides: Overrides) -> Result<()> {
             reload(&state, &overrides, &mut pending);
         }
         for pid in watcher.drain() {
+            forget_replaced(&state, &mut pending, pid);
             consider(&state, &mut pending, pid, Instant::now() + ATTACH_WINDOW);
         }
         if last_scan.elapsed() >= RESCAN_EVERY {
@@ -332,6 +333,23 @@ fn attach_pending(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>
                     .insert(pid, Failed { start_time: started, comm: info.comm.clone(), reason, message });
             }
         }
+    }
+}
+
+/// A process that called execve is a new program under the same pid and start time: what
+/// was traced (its probes, its thread-state addresses, its outstanding blocks) belonged to
+/// the old one, and a failure to attach was about the old one too. Both are dropped, so
+/// [`consider`] looks at the new program as it would at a new process.
+fn forget_replaced(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>, pid: u32) {
+    let old = {
+        let mut st = state.lock().expect("state poisoned");
+        st.failed.remove(&pid);
+        st.tracked.remove(&pid)
+    };
+    pending.remove(&pid);
+    if let Some(t) = old {
+        drop(t.session.finish(None));
+        tracing::info!(pid, comm = %t.info.comm, "released: the process replaced its program (execve); the new one is considered afresh");
     }
 }
 

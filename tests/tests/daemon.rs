@@ -462,6 +462,59 @@ fn short_lived_processes_are_attached_and_released_without_leaks() {
     assert!(status.success(), "SIGTERM: {status}\n{log}");
 }
 
+/// A traced process that execs a new Python program (same pid, same start time) is traced
+/// anew: the new program's leak is seen at its line, and the old program's blocks, probes
+/// and addresses are dropped. Before, the daemon kept the old session: the old blocks stayed
+/// outstanding for good and the new program's allocations were read with the old one's
+/// addresses.
+#[test]
+fn a_process_that_execs_is_traced_as_its_new_program() {
+    let _serial = serial();
+    let python = python();
+    let script = pyleak_e2e::script("reexec.py");
+    let (old_line, new_line) = (marker_line(&script, "OLD"), marker_line(&script, "NEW"));
+    let daemon = Daemon::start(&["--match", r"reexec\.py"], &[]);
+    let mut target = Target::spawn(&python, "reexec.py", &[]);
+    target.wait_for_line("ready");
+    let pid = target.pid();
+    daemon.wait_traced("the process is attached", Duration::from_secs(15), |p| p.contains(&pid));
+    let attaches = || daemon.log().matches(&format!(" attached pid={pid}")).count();
+    assert_eq!(attaches(), 1, "{}", daemon.log());
+
+    target.send("exec");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while attaches() < 2 {
+        assert!(Instant::now() < deadline, "the new program was not attached within 20 s\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.log().contains("replaced its program"), "{}", daemon.log());
+    target.send("go");
+    target.wait_for_line("ready again");
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&daemon.get_ok(&format!("/api/report?pid={pid}&group_by=line&top=20"), None))
+            .unwrap();
+    let at = |line: u32| {
+        report["stacks"].as_array().unwrap().iter().find(|s| {
+            s["frames"][0]["line"].as_u64() == Some(line as u64)
+                && s["frames"][0]["file"].as_str().is_some_and(|f| f.ends_with("reexec.py"))
+        })
+    };
+    let new = at(new_line).unwrap_or_else(|| panic!("no stack at reexec.py:{new_line} (# NEW)\n{report:#}"));
+    let count = pyleak_e2e::script_const(&script, "NEW_COUNT");
+    let bytes = count * pyleak_e2e::script_const(&script, "NEW_SIZE");
+    let outstanding = new["outstanding_bytes"].as_u64().unwrap();
+    assert!(
+        (bytes..=bytes * 11 / 10 + 64 * 1024).contains(&outstanding),
+        "# NEW holds {outstanding} bytes, want about {bytes}\n{report:#}"
+    );
+    assert!(at(old_line).is_none(), "the old program's blocks (# OLD) are still outstanding\n{report:#}");
+    target.close_stdin();
+    target.wait_exit(Duration::from_secs(10));
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{status}\n{log}");
+}
+
 /// Readiness reaches NOTIFY_SOCKET (a datagram socket bound here, as systemd binds one),
 /// after the processes running at start are attached; SIGTERM detaches and exits 0.
 #[test]

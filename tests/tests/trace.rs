@@ -3,8 +3,7 @@
 // the exact Python stack), leaks made through realloc and calloc, frees of
 // allocations made before pyleak attached, per-thread stacks, stacks through
 // many calls from C into Python, attaching while the target allocates, a target
-// that exits during the trace, and
-// --duration ending a trace by itself.
+// that exits or execs during the trace, and --duration ending a trace by itself.
 //
 // Scenarios are tests/scripts/*.py (protocol in scenario.py); line numbers
 // come from their marker comments, sizes from their constants.
@@ -276,6 +275,28 @@ fn trace_target_exits_midway() {
         report.expect_stack_at("exits_midway.py", leak);
         assert_between(report.bytes_at("exits_midway.py", leak), low, high, "leak bytes", &report);
     });
+}
+
+/// reexec.py: the target replaces its program (os.execv) during the trace. Its pid stays,
+/// but what pyleak attached to (probes, addresses, blocks) was the old program: the trace
+/// ends by itself, exit 0, saying so, as at an exit. Before, it went on tracing the new
+/// program with the old one's addresses.
+#[test]
+fn trace_ends_when_the_target_execs() {
+    let python = &pythons()[0];
+    let mut target = Target::ready(python, "reexec.py");
+    let mut tracer = Tracer::start(target.pid(), &[]);
+    tracer.wait_attached();
+    target.send("exec");
+    let report = tracer.finish(Duration::from_secs(20));
+    assert!(
+        report
+            .stderr
+            .contains(&format!("pid {} replaced its program (execve) during the trace", target.pid())),
+        "no word of the exec on stderr\n{report}"
+    );
+    target.send("go");
+    target.wait_for_line("ready again");
 }
 
 /// `--duration 5` ends the trace by itself (no SIGINT) after about 5 s,
