@@ -14,13 +14,49 @@ pub const MAX_FRAMES: usize = 128;
 /// position, owner) lies in the frame's first `FRAME_WINDOW` bytes in every supported
 /// version; the user side refuses a layout where one would not.
 pub const FRAME_WINDOW: usize = 128;
-/// Slots of the kernel's code-object cache: `co_firstlineno` by code address, direct-mapped,
-/// so a stack walk reads a code object's first line once instead of at every allocation.
-/// An entry is one u64, `(code >> 4) << CODE_LINE_BITS | first_line` (code objects are
-/// 16-byte aligned; lines of 2^21 or more are not cached), read and written whole.
+/// Slots of the kernel's code-object cache: a code object's fingerprint
+/// ([`code_fingerprint`]) by its address, direct-mapped, so a stack walk reads a code object
+/// once instead of at every allocation. An entry is one u64,
+/// `(code >> 4) << CODE_FINGERPRINT_BITS | fingerprint` (code objects are 16-byte aligned),
+/// read and written whole.
 pub const CODE_CACHE_SLOTS: u32 = 4096;
-/// Bits of a code-cache entry holding the first line.
-pub const CODE_LINE_BITS: u32 = 21;
+/// Bits of a code object's fingerprint (and of a code-cache entry holding it).
+pub const CODE_FINGERPRINT_BITS: u32 = 21;
+
+/// What tells a code object from another that took its freed address: its first line
+/// (`co_firstlineno`), the addresses of its file name (`co_filename`) and line table
+/// (`co_linetable`, `co_lnotab` before 3.10), and the file name's length and last 8 bytes
+/// ([`FilenameTail`]), hashed to [`CODE_FINGERPRINT_BITS`] bits. The first line alone
+/// cannot: every module body starts on line 1, and a module's body code is freed right after
+/// its import. Nor can addresses alone: a module compiled like the one before it allocates
+/// its file name and line table the same way, and they take the old ones' addresses too.
+/// The kernel computes it when it first meets a code object, the user side from what it
+/// reads, and a frame is named only when the two agree.
+pub const fn code_fingerprint(first_line: u32, filename: u64, linetable: u64, tail: FilenameTail) -> u32 {
+    let mut h =
+        (filename ^ linetable.rotate_left(32) ^ first_line as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ tail.length ^ tail.last_bytes.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> (64 - CODE_FINGERPRINT_BITS)) as u32
+}
+
+/// Part of a [`code_fingerprint`]: a file name's length (`PyASCIIObject.length`, at offset
+/// 16) and, if it has 8 characters or more, the 8 bytes that end its characters read as a
+/// compact ASCII string's (at [`PyTarget::str_ascii_data`]; for other strings, whatever
+/// bytes lie there: the kernel and the user side read the same ones), else 0.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilenameTail {
+    pub length: u64,
+    pub last_bytes: u64,
+}
+
+/// Where [`FilenameTail::last_bytes`] is read for a string of `length` characters at `str`,
+/// or `None` (shorter than 8, or too long to be a file name read whole).
+pub const fn filename_tail_at(str: u64, ascii_data: u64, length: u64) -> Option<u64> {
+    if length < 8 || length > 4096 {
+        return None;
+    }
+    Some(str.wrapping_add(ascii_data).wrapping_add(length - 8))
+}
 /// Default capture depth when the user does not choose one.
 pub const DEFAULT_MAX_DEPTH: u32 = 64;
 
@@ -170,11 +206,11 @@ pub struct StackTrace {
     /// `f_lasti` (3.8–3.10), or the byte distance from the code object's address to the
     /// frame's instruction pointer (3.11+; the user side subtracts `co_code_adaptive`).
     pub instr: [u32; MAX_FRAMES],
-    /// Each frame's `co_firstlineno` as read at capture time. Code objects are freed and their
-    /// addresses reused (module bodies right after import); the user side names a frame only
-    /// if the code object it finds still has this first line, and the stack id covers it, so
-    /// two different code objects at one address never share a stack.
-    pub first_line: [u32; MAX_FRAMES],
+    /// Each frame's code object's [`code_fingerprint`] as read at capture time. Code objects
+    /// are freed and their addresses reused (module bodies right after import); the user side
+    /// names a frame only if the code object it finds has this fingerprint, and the stack id
+    /// covers it, so two different code objects at one address do not share a stack.
+    pub fingerprint: [u32; MAX_FRAMES],
 }
 
 /// Record in [`MAP_NEW_STACKS`].
@@ -338,6 +374,12 @@ pub struct PyTarget {
     pub owner_skip_min: u32,
     /// Offset of `co_firstlineno` in a code object.
     pub code_first_line: i32,
+    /// Offset of `co_filename` in a code object (for its [`code_fingerprint`]).
+    pub code_filename: i32,
+    /// Offset of `co_linetable` (`co_lnotab` before 3.10) in a code object.
+    pub code_linetable: i32,
+    /// Offset of a compact ASCII string's characters (`sizeof(PyASCIIObject)`).
+    pub str_ascii_data: i32,
     /// Offset of `specific_1stblock` in the C library's `struct pthread` (glibc 2.36: 0x310),
     /// for `pthread_getspecific` emulation; [`ABSENT`] disables the fallback.
     pub pthread_specific: i32,
@@ -496,4 +538,35 @@ mod pod {
     unsafe impl aya::Pod for NewStack {}
     unsafe impl aya::Pod for Inflight {}
     unsafe impl aya::Pod for PyTarget {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_tell_apart_what_a_reused_address_can_share() {
+        let tail = |name: &[u8]| FilenameTail {
+            length: name.len() as u64,
+            last_bytes: u64::from_le_bytes(name[name.len() - 8..].try_into().unwrap()),
+        };
+        // Module bodies compiled alike: first line 1, and their file name and line table
+        // objects at the same addresses too. Only the names' characters differ.
+        let a = code_fingerprint(1, 0x7f00_1000, 0x7f00_2000, tail(b"reused_gen_2.py"));
+        let b = code_fingerprint(1, 0x7f00_1000, 0x7f00_2000, tail(b"reused_gen_3.py"));
+        assert_ne!(a, b);
+        let c = code_fingerprint(1, 0x7f00_1000, 0x7f00_2000, tail(b"reused_gen_13.py"));
+        assert_ne!(a, c);
+        // Each part counts on its own.
+        assert_ne!(a, code_fingerprint(2, 0x7f00_1000, 0x7f00_2000, tail(b"reused_gen_2.py")));
+        assert_ne!(a, code_fingerprint(1, 0x7f00_1010, 0x7f00_2000, tail(b"reused_gen_2.py")));
+        assert_ne!(a, code_fingerprint(1, 0x7f00_1000, 0x7f00_2010, tail(b"reused_gen_2.py")));
+        for f in [a, b, c] {
+            assert!(f < 1 << CODE_FINGERPRINT_BITS, "{f:#x} does not fit a code-cache entry");
+        }
+        // Short names are told by their length only; no bytes are read.
+        assert_eq!(filename_tail_at(0x1000, 40, 7), None);
+        assert_eq!(filename_tail_at(0x1000, 40, 15), Some(0x1000 + 40 + 7));
+        assert_eq!(filename_tail_at(0x1000, 40, 5000), None);
+    }
 }

@@ -463,7 +463,7 @@ impl Resolver {
             }
             let n = (st.len as usize).min(st.code.len());
             let frames = (0..n)
-                .filter_map(|i| self.symbolizer.frame(st.code[i], st.instr[i], st.first_line[i]))
+                .filter_map(|i| self.symbolizer.frame(st.code[i], st.instr[i], st.fingerprint[i]))
                 .collect();
             let native = (st.native_caller != 0).then(|| self.native.name(st.native_caller));
             self.resolved.insert(id, ResolvedStack { frames, flags: st.flags, native });

@@ -1,7 +1,7 @@
 //! Freeing calls: a tracked block leaves LIVE_ALLOCS and its bytes leave its stack's
 //! outstanding total. Frees of blocks pyleak never saw (made before attach) cost one lookup.
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use pyleak_common::{AllocKey, CODE_LINE_BITS, Counter, StackKey};
+use pyleak_common::{AllocKey, CODE_FINGERPRINT_BITS, Counter, StackKey};
 
 use crate::{
     maps::{CODE_CACHE, LIVE_ALLOCS, code_slot, count, sampled_lower, sampled_slot, target},
@@ -27,14 +27,14 @@ pub fn free(ptr: u64) {
 }
 
 /// Clears the code cache's entry for `ptr` if it names that address: the block may be a
-/// code object, whose address a new code object may take next (see `walk::first_line`).
+/// code object, whose address a new code object may take next (see `walk::fingerprint`).
 #[inline(always)]
 fn forget_code(ptr: u64) {
     if let Some(slot) = CODE_CACHE.get_ptr_mut(code_slot(ptr)) {
         // SAFETY: a valid array slot; whole-u64 accesses.
         unsafe {
             let entry = core::ptr::read_volatile(slot);
-            if entry != 0 && entry >> CODE_LINE_BITS == ptr >> 4 {
+            if entry != 0 && entry >> CODE_FINGERPRINT_BITS == ptr >> 4 {
                 core::ptr::write_volatile(slot, 0);
             }
         }

@@ -7,7 +7,7 @@ use aya_ebpf::helpers::{
     generated::{self as helper, bpf_loop},
 };
 use pyleak_common::{
-    ABSENT, CODE_LINE_BITS, Counter, FRAME_WINDOW, INSTR_I32, INSTR_PTR, MAX_FRAMES, PyTarget,
+    ABSENT, CODE_FINGERPRINT_BITS, Counter, FRAME_WINDOW, INSTR_I32, INSTR_PTR, MAX_FRAMES, PyTarget,
     STACK_NO_PYTHON, STACK_READ_ERROR, STACK_TRUNCATED, StackTrace, TSTATE_GLOBAL, TSTATE_KEY_ONLY,
     TSTATE_TLS_DYNAMIC, TSTATE_TLS_STATIC,
 };
@@ -428,16 +428,16 @@ fn take(w: &mut Walk, frame: Result<(u64, Option<(u64, u32, u32)>), ()>) -> i64 
             truncate(st);
             1
         }
-        Ok((back, Some((code, instr, first_line)))) => {
+        Ok((back, Some((code, instr, fingerprint)))) => {
             let i = st.len as usize;
             if let (Some(c), Some(p), Some(f)) =
-                (st.code.get_mut(i), st.instr.get_mut(i), st.first_line.get_mut(i))
+                (st.code.get_mut(i), st.instr.get_mut(i), st.fingerprint.get_mut(i))
             {
                 *c = code;
                 *p = instr;
-                *f = first_line;
+                *f = fingerprint;
                 st.len += 1;
-                w.hash = mix(mix(w.hash, code), ((first_line as u64) << 32) | instr as u64);
+                w.hash = mix(mix(w.hash, code), ((fingerprint as u64) << 32) | instr as u64);
             }
             w.frame = back;
             0
@@ -516,32 +516,50 @@ fn decode(
         raw.wrapping_sub(code) as u32
     };
     // C: code->co_firstlineno, the fingerprint of this code object.
-    let first_line = first_line(t, code)?;
-    Ok((back, Some((code, instr, first_line))))
+    let fingerprint = fingerprint(t, code)?;
+    Ok((back, Some((code, instr, fingerprint))))
 }
 
-/// C: `code->co_firstlineno`, the fingerprint of a code object: from the code cache when the
-/// target allows it (`PyTarget::code_cache`), else read. Sound because a code object on the
-/// walking thread's stack is alive (its frame holds a reference), and its free, which comes
-/// before its address can be reused, clears its entry (`free::forget_code`).
+/// The code object's `pyleak_common::code_fingerprint` (its first line, file name and line
+/// table): from the code cache when the target allows it (`PyTarget::code_cache`), else
+/// read. Sound because a code object on the walking thread's stack is alive (its frame
+/// holds a reference), and its free, which comes before its address can be reused, clears
+/// its entry (`free::forget_code`).
 #[inline(always)]
-fn first_line(t: &PyTarget, code: u64) -> Result<u32, ()> {
+fn fingerprint(t: &PyTarget, code: u64) -> Result<u32, ()> {
     let cacheable = t.code_cache != 0 && code & 15 == 0;
     let slot = if cacheable { CODE_CACHE.get_ptr_mut(code_slot(code)) } else { None };
     let Some(slot) = slot else {
-        return read::<u32>(at(code, t.code_first_line));
+        return read_fingerprint(t, code);
     };
     // SAFETY: a valid array slot; whole-u64 accesses (no torn entries across CPUs).
     let entry = unsafe { core::ptr::read_volatile(slot) };
-    if entry != 0 && entry >> CODE_LINE_BITS == code >> 4 {
-        return Ok((entry & ((1 << CODE_LINE_BITS) - 1)) as u32);
+    if entry != 0 && entry >> CODE_FINGERPRINT_BITS == code >> 4 {
+        return Ok((entry & ((1 << CODE_FINGERPRINT_BITS) - 1)) as u32);
     }
-    let line = read::<u32>(at(code, t.code_first_line))?;
-    if line < 1 << CODE_LINE_BITS && code >> (64 - CODE_LINE_BITS + 4) == 0 {
+    let fingerprint = read_fingerprint(t, code)?;
+    if code >> (64 - CODE_FINGERPRINT_BITS + 4) == 0 {
         // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(slot, (code >> 4) << CODE_LINE_BITS | line as u64) };
+        unsafe { core::ptr::write_volatile(slot, (code >> 4) << CODE_FINGERPRINT_BITS | fingerprint as u64) };
     }
-    Ok(line)
+    Ok(fingerprint)
+}
+
+/// C: `code_fingerprint(code->co_firstlineno, code->co_filename, code->co_linetable,
+/// tail of code->co_filename)`.
+#[inline(always)]
+fn read_fingerprint(t: &PyTarget, code: u64) -> Result<u32, ()> {
+    let first_line = read::<u32>(at(code, t.code_first_line))?;
+    let filename = read::<u64>(at(code, t.code_filename))?;
+    let linetable = read::<u64>(at(code, t.code_linetable))?;
+    // C: ((PyASCIIObject *)filename)->length
+    let length = read::<u64>(filename.wrapping_add(16))?;
+    let last_bytes = match pyleak_common::filename_tail_at(filename, t.str_ascii_data as u64, length) {
+        Some(addr) => read::<u64>(addr)?,
+        None => 0,
+    };
+    let tail = pyleak_common::FilenameTail { length, last_bytes };
+    Ok(pyleak_common::code_fingerprint(first_line, filename, linetable, tail))
 }
 
 /// The 8 bytes at `offset` in a frame window (little endian).
@@ -576,6 +594,6 @@ fn read_frame_fields(t: &PyTarget, frame: u64) -> Result<(u64, Option<(u64, u32,
     } else {
         read::<u64>(at(frame, t.frame_instr))?.wrapping_sub(code) as u32
     };
-    let first_line = first_line(t, code)?;
-    Ok((back, Some((code, instr, first_line))))
+    let fingerprint = fingerprint(t, code)?;
+    Ok((back, Some((code, instr, fingerprint))))
 }

@@ -469,6 +469,26 @@ fn trace_reused_code_addresses_keep_their_own_lines() {
     });
 }
 
+/// reused_module_code.py: code objects freed and their addresses reused by code objects that
+/// start on the same line and run the same bytecode, in other files (module bodies all start
+/// on line 1). Every round's blocks stay in that round's own file: a code object is told
+/// from an earlier one at its address by what it points to (file name, line table), in the
+/// kernel's stack id as in the user side's cache of names. The script fails if no address
+/// was reused.
+#[test]
+fn trace_reused_code_addresses_keep_their_own_files() {
+    for_each_python(|python| {
+        let path = script("reused_module_code.py");
+        let rounds = script_const(&path, "ROUNDS");
+        let (low, high) = leak_bounds(script_const(&path, "COUNT"), script_const(&path, "BLOCK"));
+        let report = trace_scenario(python, "reused_module_code.py", &["--group-by", "line", "--top", "100"]);
+        for round in 0..rounds {
+            let file = format!("reused_gen_{round}.py");
+            assert_between(report.bytes_at(&file, 3), low, high, &format!("bytes at {file}:3"), &report);
+        }
+    });
+}
+
 /// The outstanding-allocation map is sized for the mode, as the kernel holds it: exact mode
 /// keeps the default (1,048,576 entries, 112 MiB reserved at attach); sampled mode at
 /// 512 KiB takes room for 64 GiB outstanding (131,072 entries, 14 MiB), since it records a

@@ -1029,7 +1029,7 @@ mod tests {
     }
 
     /// What `pyleak-ebpf/src/walk.rs` (`walk_step`/`read_frame`) does with a `PyTarget`,
-    /// step for step, from a thread state: each Python frame's (code, position, first line),
+    /// step for step, from a thread state: each Python frame's (code, position, fingerprint),
     /// innermost first. A model: the eBPF code itself does not run here.
     fn walk_model(mem: &ProcMem, t: &pyleak_common::PyTarget, tstate: u64) -> Vec<(u64, u32, u32)> {
         let at = |base: u64, off: i32| base.wrapping_add(off as i64 as u64);
@@ -1055,7 +1055,14 @@ mod tests {
             let instr = mem.read_u64(at(frame, t.frame_instr)).unwrap().wrapping_sub(code) as u32;
             let first_line =
                 u32::from_le_bytes(mem.read_vec(at(code, t.code_first_line), 4).unwrap().try_into().unwrap());
-            out.push((code, instr, first_line));
+            let filename = mem.read_u64(at(code, t.code_filename)).unwrap();
+            let linetable = mem.read_u64(at(code, t.code_linetable)).unwrap();
+            // (The kernel fails the frame where these fail: see the untagged walk below.)
+            let length = mem.read_u64(filename.wrapping_add(16)).unwrap_or(0);
+            let last_bytes = pyleak_common::filename_tail_at(filename, t.str_ascii_data as u64, length)
+                .map_or(0, |a| mem.read_u64(a).unwrap_or(0));
+            let tail = pyleak_common::FilenameTail { length, last_bytes };
+            out.push((code, instr, pyleak_common::code_fingerprint(first_line, filename, linetable, tail)));
             frame = back;
         }
         out
@@ -1120,7 +1127,11 @@ mod tests {
         let mut target = crate::python::target::offsets(&layout);
         target.skip_code = none; // target::build: &_Py_NoneStruct, for skip_none_code
         let frames = walk_model(&mem, &target, found);
-        assert_eq!(frames, [(leak, 208 + 10, 10), (module, 208 + 6, 1)]);
+        let positions: Vec<(u64, u32)> = frames.iter().map(|&(code, instr, _)| (code, instr)).collect();
+        assert_eq!(positions, [(leak, 208 + 10), (module, 208 + 6)]);
+        // The fingerprints differ (first lines 10 and 1); the symbolizer below names a
+        // frame only if it computes the same one from the code object.
+        assert_ne!(frames[0].2, frames[1].2);
 
         let mut symbolizer = crate::python::symbolize::Symbolizer::new(mem, layout, code_type);
         let names: Vec<_> = frames.iter().filter_map(|&(c, i, f)| symbolizer.frame(c, i, f)).collect();

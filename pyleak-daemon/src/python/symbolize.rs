@@ -21,6 +21,14 @@ struct Fingerprint {
     name: u64,
     linetable: u64,
     firstlineno: u32,
+    filename_tail: pyleak_common::FilenameTail,
+}
+
+impl Fingerprint {
+    /// What the kernel captured for this code object (`pyleak_common::code_fingerprint`).
+    fn hash(&self) -> u32 {
+        pyleak_common::code_fingerprint(self.firstlineno, self.filename, self.linetable, self.filename_tail)
+    }
 }
 
 struct CodeInfo {
@@ -60,22 +68,24 @@ impl Symbolizer {
         Symbolizer { mem, layout, code_type, cache: HashMap::new() }
     }
 
-    /// Symbolizes one frame captured with `first_line` (`co_firstlineno` at capture). A
-    /// code object that cannot be read, or that is no longer the one captured (freed, its
-    /// address reused), gives `Frame::unknown` rather than another function's name. `None`
-    /// for an interpreter trampoline, which is not a frame of Python code.
-    pub fn frame(&mut self, code: u64, instr: u32, first_line: u32) -> Option<Frame> {
-        // A cached code object at this address with the same first line is taken as the same
-        // one without reading the target again: symbolizing must keep up with a process
+    /// Symbolizes one frame captured with `fingerprint` (the code object's
+    /// `pyleak_common::code_fingerprint` at capture). A code object that cannot be read, or
+    /// that is no longer the one captured (freed, its address reused), gives
+    /// `Frame::unknown` rather than another function's name. `None` for an interpreter
+    /// trampoline, which is not a frame of Python code.
+    pub fn frame(&mut self, code: u64, instr: u32, fingerprint: u32) -> Option<Frame> {
+        // A cached code object at this address with the same fingerprint is taken as the
+        // same one without reading the target again: symbolizing must keep up with a process
         // that makes thousands of new stacks a second (imports), or their code objects are
-        // gone before they are read. (Another function reusing the address would also have
-        // to start on the same line to be mistaken for it.)
-        let cached = self.cache.get(&code).is_some_and(|c| c.fingerprint.firstlineno == first_line);
+        // gone before they are read. (Another code object reusing the address would also
+        // need the same first line, file name object and line table object, or a 21-bit
+        // hash collision, to be mistaken for it.)
+        let cached = self.cache.get(&code).is_some_and(|c| c.fingerprint.hash() == fingerprint);
         if !cached {
             let Some(fp) = self.fingerprint(code) else {
                 return Some(Frame::unknown(code));
             };
-            if fp.ob_type != self.code_type || fp.firstlineno != first_line {
+            if fp.ob_type != self.code_type || fp.hash() != fingerprint {
                 return Some(Frame::unknown(code));
             }
             match self.read_code(code, &fp) {
@@ -119,13 +129,21 @@ impl Symbolizer {
         let u32_at = |off: u64| {
             raw.get(off as usize..off as usize + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
         };
+        let filename = u64_at(l.co_filename)?;
+        // As the kernel reads it (walk::read_fingerprint): the length, then the last 8 bytes.
+        let length = self.mem.read_u64(filename.wrapping_add(16)).ok()?;
+        let last_bytes = match pyleak_common::filename_tail_at(filename, l.unicode_ascii_data, length) {
+            Some(addr) => self.mem.read_u64(addr).ok()?,
+            None => 0,
+        };
         Some(Fingerprint {
             // C: Py_TYPE(code) == &PyCode_Type
             ob_type: u64_at(8)?,
-            filename: u64_at(l.co_filename)?,
+            filename,
             name: u64_at(l.co_name)?,
             linetable: u64_at(l.co_linetable)?,
             firstlineno: u32_at(l.co_firstlineno)?,
+            filename_tail: pyleak_common::FilenameTail { length, last_bytes },
         })
     }
 

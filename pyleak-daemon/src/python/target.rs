@@ -25,6 +25,9 @@ pub fn offsets(layout: &Layout) -> PyTarget {
         frame_owner: layout.frame_owner,
         owner_skip_min: layout.owner_skip_min,
         code_first_line: layout.co_firstlineno as i32,
+        code_filename: layout.co_filename as i32,
+        code_linetable: layout.co_linetable as i32,
+        str_ascii_data: layout.unicode_ascii_data as i32,
         ..Default::default()
     }
 }
