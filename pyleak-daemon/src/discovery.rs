@@ -149,6 +149,23 @@ pub fn host_path(pid: u32, target_path: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root{target_path}"))
 }
 
+/// Where pyleak opens (and attaches to) the file `path` maps in the target: through the
+/// target's root (`/proc/PID/root/PATH`), or, for a file deleted since it was mapped (a
+/// package upgrade replaced it: maps say `PATH (deleted)`), through the mapping itself
+/// (`/proc/PID/map_files/START-END`, which leads to the mapped file whatever its name;
+/// readable with CAP_SYS_ADMIN, which tracing needs anyway).
+pub fn mapped_file_path(pid: u32, maps: &[Mapping], path: &str) -> PathBuf {
+    if path.ends_with(DELETED)
+        && let Some(m) = maps.iter().find(|m| m.path == path)
+    {
+        return PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+    }
+    host_path(pid, path)
+}
+
+/// What /proc/PID/maps appends to the path of a file unlinked since it was mapped.
+const DELETED: &str = " (deleted)";
+
 /// A shared library mapped by the target.
 pub struct Library {
     /// As the target names it.
@@ -165,7 +182,7 @@ pub fn find_libc(pid: u32) -> anyhow::Result<Option<Library>> {
     let Some(m) = maps.iter().find(|m| is_libc_name(&m.path)) else {
         return Ok(None);
     };
-    let host_path = host_path(pid, &m.path);
+    let host_path = mapped_file_path(pid, &maps, &m.path);
     let image = ElfImage::open(&host_path).with_context(|| format!("opening the C library of pid {pid}"))?;
     let text = executable_range(&maps, &m.path);
     Ok(Some(Library { path: m.path.clone(), host_path, image, text }))
@@ -188,7 +205,7 @@ pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
         return Err(TargetError::NoSuchProcess { pid }.into());
     }
     let maps = read_maps(pid)?;
-    let lib = maps.iter().find(|m| is_libpython_name(&m.path) && !m.path.ends_with(" (deleted)"));
+    let lib = maps.iter().find(|m| is_libpython_name(m.path.trim_end_matches(DELETED)));
     let (path, linkage) = match lib {
         Some(m) => (m.path.clone(), Linkage::Shared),
         None => {
@@ -197,7 +214,7 @@ pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
             (exe.to_string_lossy().into_owned(), Linkage::Static)
         }
     };
-    let host = host_path(pid, &path);
+    let host = mapped_file_path(pid, &maps, &path);
     let image = ElfImage::open(&host).with_context(|| format!("opening the interpreter of pid {pid}"))?;
     if image.symbol("_PyRuntime").is_none() {
         return Err(TargetError::NotPython { pid, exe: path }.into());

@@ -17,7 +17,7 @@ use crate::{
 pub struct NativeNamer {
     pid: u32,
     maps: Vec<Mapping>,
-    /// Per mapped path; `None` when the file could not be read (deleted, not ELF).
+    /// Per mapped path; `None` when the file could not be read (not ELF, unreadable).
     images: HashMap<String, Option<ElfImage>>,
 }
 
@@ -35,10 +35,9 @@ impl NativeNamer {
         };
         let file_offset = addr - m.start + m.offset;
         let library = m.path.clone();
-        let image = self
-            .images
-            .entry(library.clone())
-            .or_insert_with(|| ElfImage::open(&discovery::host_path(self.pid, &library)).ok());
+        let image = self.images.entry(library.clone()).or_insert_with(|| {
+            ElfImage::open(&discovery::mapped_file_path(self.pid, &self.maps, &library)).ok()
+        });
         let named = image.as_ref().and_then(|img| {
             let vaddr = img.offset_to_vaddr(file_offset)?;
             let (name, off) = img.function_at(vaddr.saturating_sub(1))?;

@@ -489,6 +489,56 @@ fn trace_reused_code_addresses_keep_their_own_files() {
     });
 }
 
+/// A process started before a package upgrade maps files that are gone: its C library and
+/// libpython show as `PATH (deleted)` in its maps. It is traced all the same, through the
+/// mappings themselves (`/proc/PID/map_files`): the leak is found, native allocations
+/// included. Here the upgrade is a copy of both libraries, loaded through LD_LIBRARY_PATH
+/// and deleted once the process runs. Before, the attach failed (`opening the C library`).
+#[test]
+fn trace_a_process_whose_libraries_were_deleted() {
+    let mut traced = 0;
+    for_each_python(|python| {
+        let prefix = python.path.parent().and_then(|bin| bin.parent()).unwrap();
+        let libpython = prefix.join(format!("lib/libpython{}.so.1.0", python.minor));
+        if !libpython.is_file() {
+            eprintln!("pyleak-e2e: {python} has no shared libpython; skipped");
+            return;
+        }
+        let libc = std::path::Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let dir = tempfile::tempdir().unwrap();
+        for lib in [&libpython, &libc.to_path_buf()] {
+            std::fs::copy(lib, dir.path().join(lib.file_name().unwrap())).unwrap();
+        }
+        let ld_path = dir.path().to_str().unwrap();
+        let mut target = Target::spawn(python, "leak_basic.py", &[("LD_LIBRARY_PATH", ld_path)]);
+        target.wait_for_line("ready");
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", target.pid())).unwrap();
+        assert!(maps.contains(ld_path), "{python} did not load the copies:\n{maps}");
+        drop(dir); // the upgrade: the mapped files are unlinked
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", target.pid())).unwrap();
+        assert!(maps.contains("libc.so.6 (deleted)"), "{maps}");
+
+        let report = trace_work(&mut target, &[]).stop();
+        let leak = marker_line(&script("leak_basic.py"), "LEAK");
+        let (low, high) = leak_bounds(
+            script_const(&script("leak_basic.py"), "LEAK_COUNT"),
+            script_const(&script("leak_basic.py"), "LEAK_SIZE"),
+        );
+        assert_between(report.bytes_at("leak_basic.py", leak), low, high, "leak bytes", &report);
+        assert!(
+            report
+                .json
+                .python
+                .notes
+                .iter()
+                .any(|n| n.contains("native allocations") && n.contains("(deleted)")),
+            "the deleted C library is not probed\n{report}"
+        );
+        traced += 1;
+    });
+    assert!(traced > 0, "no interpreter with a shared libpython to test with");
+}
+
 /// The outstanding-allocation map is sized for the mode, as the kernel holds it: exact mode
 /// keeps the default (1,048,576 entries, 112 MiB reserved at attach); sampled mode at
 /// 512 KiB takes room for 64 GiB outstanding (131,072 entries, 14 MiB), since it records a
