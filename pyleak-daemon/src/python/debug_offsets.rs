@@ -518,6 +518,9 @@ pub fn read_file(image: &ElfImage, runtime_vaddr: u64) -> Result<DebugOffsets> {
 /// The layout for a build described by `offsets`: struct offsets from the debug offsets,
 /// the rest from the version's [`Remainder`]. Fails on a free-threaded build, a version
 /// without a remainder row, and offsets the symbolizer's fixed reads would contradict.
+/// Bound on the offsets of code object and string fields taken from `_Py_DebugOffsets`.
+const MAX_OBJECT_OFFSET: u64 = 4096;
+
 pub fn layout(offsets: &DebugOffsets) -> Result<Layout> {
     let h = offsets.header;
     let Some(rest) = remainder(h.major(), h.minor()) else {
@@ -542,6 +545,22 @@ pub fn layout(offsets: &DebugOffsets) -> Result<Layout> {
     let small = |name: &str, v: u64| {
         i32::try_from(v).with_context(|| format!("_Py_DebugOffsets {name} is out of range: {v}"))
     };
+    // Offsets into code objects and strings, which pyleak reads (and sizes its reads by): a
+    // value the process's memory holds, so bounded before use. Every CPython has them within
+    // the first few hundred bytes of the object.
+    for (name, v) in [
+        ("code_object.filename", offsets.co_filename),
+        ("code_object.name", offsets.co_name),
+        ("code_object.qualname", offsets.co_qualname),
+        ("code_object.linetable", offsets.co_linetable),
+        ("code_object.firstlineno", offsets.co_firstlineno),
+        ("code_object.co_code_adaptive", offsets.co_code_adaptive),
+        ("unicode_object.asciiobject_size", offsets.unicode_ascii_size),
+    ] {
+        if v >= MAX_OBJECT_OFFSET {
+            bail!("_Py_DebugOffsets {name} is {v}, past the {MAX_OBJECT_OFFSET} bytes pyleak reads of an object");
+        }
+    }
     Ok(Layout {
         minor: h.minor(),
         tstate: rest.tstate,
@@ -718,6 +737,14 @@ mod tests {
         odd[READER_3_13.offset_of("bytes_object.ob_sval").unwrap() / 8 - 1] = 40;
         let err = layout(&DebugOffsets::parse(&image(&odd)).unwrap()).unwrap_err();
         assert_eq!(err.to_string(), "_Py_DebugOffsets bytes_object.ob_sval is 40, pyleak assumes 32");
+        // The process's own memory holds these: a wild one must not size pyleak's reads.
+        let mut wild = VALUES_3_13_0;
+        wild[READER_3_13.offset_of("code_object.filename").unwrap() / 8 - 1] = 1 << 40;
+        let err = layout(&DebugOffsets::parse(&image(&wild)).unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "_Py_DebugOffsets code_object.filename is 1099511627776, past the 4096 bytes pyleak reads of an object"
+        );
     }
 
     // --- 3.13 on a real interpreter ---
