@@ -69,6 +69,12 @@ pub struct Failed {
     pub message: String,
 }
 
+/// The shared state, even after a thread panicked while holding it: a panic in one HTTP
+/// request (caught there) must not take the daemon and every traced process down with it.
+pub fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What the loop and the HTTP threads share.
 pub struct State {
     pub config: Config,
@@ -95,14 +101,14 @@ pub fn run(overrides: Overrides) -> Result<()> {
         failed: BTreeMap::new(),
         failures: AttachFailures::default(),
     }));
-    let listen = state.lock().expect("state poisoned").config.listen;
+    let listen = lock(&state).config.listen;
     let server = http::Server::start(listen, state.clone())?;
     tracing::info!(listen = %server.addr(), "serving /metrics, /healthz, /api/processes, /api/report, /flamegraph");
 
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     scan(&state, &mut pending);
     attach_pending(&state, &mut pending);
-    let attached = state.lock().expect("state poisoned").tracked.len();
+    let attached = lock(&state).tracked.len();
     notify(&format!("READY=1\nSTATUS=tracing {attached} processes"));
     tracing::info!(attached, "ready");
 
@@ -135,7 +141,7 @@ pub fn run(overrides: Overrides) -> Result<()> {
     notify("STOPPING=1");
     tracing::info!("terminating: detaching from every process");
     server.stop();
-    let tracked = std::mem::take(&mut state.lock().expect("state poisoned").tracked);
+    let tracked = std::mem::take(&mut lock(&state).tracked);
     for (pid, t) in tracked {
         drop(t.session.finish(None));
         tracing::info!(pid, "detached");
@@ -193,7 +199,7 @@ fn reload(state: &Arc<Mutex<State>>, overrides: &Overrides, pending: &mut HashMa
     };
     let mut released = Vec::new();
     {
-        let mut st = state.lock().expect("state poisoned");
+        let mut st = lock(state);
         if config.listen != st.config.listen {
             tracing::warn!(
                 running = %st.config.listen,
@@ -249,7 +255,7 @@ fn consider(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>, pid:
         return;
     }
     let Some(start_time) = start_time(pid) else { return };
-    let st = state.lock().expect("state poisoned");
+    let st = lock(state);
     if st.tracked.get(&pid).is_some_and(|t| t.start_time == start_time)
         || st.failed.get(&pid).is_some_and(|f| f.start_time == start_time)
     {
@@ -273,7 +279,7 @@ fn attach_pending(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>
             continue;
         }
         let (limits, full) = {
-            let st = state.lock().expect("state poisoned");
+            let st = lock(state);
             (st.config.limits.clone(), st.tracked.len() >= st.config.limits.max_processes as usize)
         };
         if full {
@@ -297,7 +303,7 @@ fn attach_pending(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>
             }
         };
         let matched = {
-            let st = state.lock().expect("state poisoned");
+            let st = lock(state);
             st.config.targets.first_match(&info).map_or_else(String::new, |t| t.origin.clone())
         };
         match Session::attach(pid, limits.load_options(), false) {
@@ -311,7 +317,7 @@ fn attach_pending(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>
                     target = %matched,
                     "attached"
                 );
-                let mut st = state.lock().expect("state poisoned");
+                let mut st = lock(state);
                 st.failed.remove(&pid);
                 st.tracked.insert(
                     pid,
@@ -327,7 +333,7 @@ fn attach_pending(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>
                 pending.remove(&pid);
                 let message = format!("{e:#}");
                 tracing::warn!(pid, comm = %info.comm, reason = reason.as_str(), "cannot attach: {message}");
-                let mut st = state.lock().expect("state poisoned");
+                let mut st = lock(state);
                 st.failures.record(reason);
                 st.failed
                     .insert(pid, Failed { start_time: started, comm: info.comm.clone(), reason, message });
@@ -342,7 +348,7 @@ fn attach_pending(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>
 /// [`consider`] looks at the new program as it would at a new process.
 fn forget_replaced(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending>, pid: u32) {
     let old = {
-        let mut st = state.lock().expect("state poisoned");
+        let mut st = lock(state);
         st.failed.remove(&pid);
         st.tracked.remove(&pid)
     };
@@ -356,7 +362,7 @@ fn forget_replaced(state: &Arc<Mutex<State>>, pending: &mut HashMap<u32, Pending
 /// Releases processes that exited (or whose pid now belongs to another process).
 fn release_exited(state: &Arc<Mutex<State>>) {
     let gone: Vec<(u32, Tracked)> = {
-        let mut st = state.lock().expect("state poisoned");
+        let mut st = lock(state);
         let pids: Vec<u32> = st
             .tracked
             .iter()
@@ -370,7 +376,7 @@ fn release_exited(state: &Arc<Mutex<State>>) {
         tracing::info!(pid, comm = %t.info.comm, "released: the process exited");
     }
     // Failures of processes that are gone are forgotten (their pids will be reused).
-    let mut st = state.lock().expect("state poisoned");
+    let mut st = lock(state);
     st.failed.retain(|pid, f| start_time(*pid) == Some(f.start_time));
 }
 

@@ -113,7 +113,7 @@ impl ElfImage {
         let i = self.functions.partition_point(|f| f.0 <= vaddr).checked_sub(1)?;
         let (start, size, name) = &self.functions[i];
         let inside = if *size > 0 {
-            vaddr < start + size
+            vaddr < start.saturating_add(*size)
         } else {
             self.functions.get(i + 1).is_none_or(|next| vaddr < next.0)
         };
@@ -132,7 +132,7 @@ impl ElfImage {
     pub fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr + s.filesz)
+            .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr.saturating_add(s.filesz))
             .map(|s| vaddr - s.vaddr + s.offset)
     }
 
@@ -197,7 +197,7 @@ impl ElfImage {
         let file = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
         let section = file.section_by_name(name)?;
         let (offset, size) = section.file_range()?;
-        self.data.get(offset as usize..(offset + size) as usize)
+        self.data.get(offset as usize..offset.saturating_add(size) as usize)
     }
 
     /// The link-time address the file expects at file offset `offset` (to compute the load
@@ -205,7 +205,7 @@ impl ElfImage {
     pub fn offset_to_vaddr(&self, offset: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|s| offset >= s.offset && offset < s.offset + s.filesz.max(1))
+            .find(|s| offset >= s.offset && offset < s.offset.saturating_add(s.filesz.max(1)))
             .map(|s| offset - s.offset + s.vaddr)
     }
 }

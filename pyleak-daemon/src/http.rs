@@ -18,7 +18,7 @@ use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::{
-    daemon::State,
+    daemon::{State, lock},
     metrics::{self, DaemonSnapshot, ProcessSnapshot},
     model::Report,
     report::{self, Format, GroupBy, ReportOptions},
@@ -47,7 +47,16 @@ impl Server {
                     .name(format!("pyleak-http-{i}"))
                     .spawn(move || {
                         for request in server.incoming_requests() {
-                            handle(request, &state);
+                            // A bug in one request must not end the worker: four such and
+                            // nothing would answer /metrics again.
+                            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                handle(request, &state)
+                            }));
+                            if handled.is_err() {
+                                tracing::error!(
+                                    "an HTTP request failed with a panic (a bug); the daemon goes on"
+                                );
+                            }
                         }
                     })
                     .expect("spawning an HTTP worker")
@@ -134,7 +143,7 @@ fn handle(request: Request, state: &Mutex<State>) {
 
 fn metrics_reply(state: &Mutex<State>, accept: Option<&str>) -> Reply {
     let (snapshots, daemon, top) = {
-        let st = state.lock().expect("state poisoned");
+        let st = lock(state);
         let min_age = st.config.limits.min_age;
         let whole = ReportOptions::default();
         let snapshots: Vec<ProcessSnapshot> = st
@@ -203,7 +212,7 @@ struct Processes {
 }
 
 fn processes(state: &Mutex<State>) -> Processes {
-    let st = state.lock().expect("state poisoned");
+    let st = lock(state);
     let traced = st
         .tracked
         .iter()
@@ -318,7 +327,7 @@ fn report_reply(state: &Mutex<State>, query: &str, default_format: Format) -> Re
         return Reply::error(400, format!("{e:#}"));
     }
     let raw: Report = {
-        let st = state.lock().expect("state poisoned");
+        let st = lock(state);
         match st.tracked.get(&q.pid) {
             Some(t) => t.session.snapshot(q.min_age.or(st.config.limits.min_age)),
             None => {

@@ -179,7 +179,7 @@ impl Session {
         let code_type = interp
             .image
             .symbol("PyCode_Type")
-            .map(|s| s.vaddr + interp.bias)
+            .map(|s| interp.bias.wrapping_add(s.vaddr))
             .with_context(|| format!("{} has no PyCode_Type symbol", interp.path))?;
         let tables = Arc::new(tables);
         let resolver = Arc::new(Mutex::new(Resolver {

@@ -558,7 +558,9 @@ pub fn layout(offsets: &DebugOffsets) -> Result<Layout> {
         ("unicode_object.asciiobject_size", offsets.unicode_ascii_size),
     ] {
         if v >= MAX_OBJECT_OFFSET {
-            bail!("_Py_DebugOffsets {name} is {v}, past the {MAX_OBJECT_OFFSET} bytes pyleak reads of an object");
+            bail!(
+                "_Py_DebugOffsets {name} is {v}, past the {MAX_OBJECT_OFFSET} bytes pyleak reads of an object"
+            );
         }
     }
     Ok(Layout {

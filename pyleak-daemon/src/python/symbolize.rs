@@ -151,7 +151,7 @@ impl Symbolizer {
         let name = self.read_str(fp.name)?;
         // C: code->co_qualname (3.11+; before that the bare name is all there is).
         let qualname = match self.layout.co_qualname {
-            Some(off) => self.mem.read_u64(code + off).ok().and_then(|p| self.read_str(p)),
+            Some(off) => self.mem.read_u64(code.wrapping_add(off)).ok().and_then(|p| self.read_str(p)),
             None => None,
         };
         let filename = self.read_str(fp.filename)?;
@@ -169,7 +169,9 @@ impl Symbolizer {
     /// Reads a `str` object (compact ASCII or compact UCS1/2/4).
     fn read_str(&self, obj: u64) -> Option<String> {
         // C: ((PyASCIIObject *)obj)->length, ->state
-        let header = self.mem.read_vec(obj + 16, 24).ok()?;
+        // Pointers and lengths come from the target's memory, maybe freed or torn: wrapping
+        // arithmetic, and the read fails where the value is wild.
+        let header = self.mem.read_vec(obj.wrapping_add(16), 24).ok()?;
         let length = i64::from_le_bytes(header[0..8].try_into().ok()?);
         let state = u32::from_le_bytes(header[16..20].try_into().ok()?);
         let kind = (state >> 2) & 7;
@@ -180,15 +182,23 @@ impl Symbolizer {
         }
         let chars = length as usize;
         if ascii {
-            let data = self.mem.read_vec(obj + self.layout.unicode_ascii_data, chars.min(MAX_READ)).ok()?;
+            let data = self
+                .mem
+                .read_vec(obj.wrapping_add(self.layout.unicode_ascii_data), chars.min(MAX_READ))
+                .ok()?;
             return Some(String::from_utf8_lossy(&data).into_owned());
         }
         let width = match kind {
             1 | 2 | 4 => kind as usize,
             _ => return None,
         };
-        let data =
-            self.mem.read_vec(obj + self.layout.unicode_compact_data, (chars * width).min(MAX_READ)).ok()?;
+        let data = self
+            .mem
+            .read_vec(
+                obj.wrapping_add(self.layout.unicode_compact_data),
+                chars.saturating_mul(width).min(MAX_READ),
+            )
+            .ok()?;
         Some(
             data.chunks_exact(width)
                 .map(|c| {
@@ -206,11 +216,11 @@ impl Symbolizer {
     /// Reads a `bytes` object's contents.
     fn read_bytes(&self, obj: u64) -> Option<Vec<u8>> {
         // C: ((PyVarObject *)obj)->ob_size, ((PyBytesObject *)obj)->ob_sval
-        let size = self.mem.read_i64(obj + 16).ok()?;
+        let size = self.mem.read_i64(obj.wrapping_add(16)).ok()?;
         if !(0..=MAX_READ as i64).contains(&size) {
             return None;
         }
-        self.mem.read_vec(obj + 32, size as usize).ok()
+        self.mem.read_vec(obj.wrapping_add(32), size as usize).ok()
     }
 }
 

@@ -46,10 +46,10 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
             );
         }
     }
-    let runtime = interp.image.symbol("_PyRuntime").map(|s| interp.bias + s.vaddr);
+    let runtime = interp.image.symbol("_PyRuntime").map(|s| interp.bias.wrapping_add(s.vaddr));
     match (runtime, pthread_specific_offset()) {
         (Some(runtime), Some(offset)) => {
-            t.tss_key_addr = runtime + layout.tss_key;
+            t.tss_key_addr = runtime.wrapping_add(layout.tss_key);
             t.pthread_specific = offset;
         }
         _ => t.pthread_specific = ABSENT,
@@ -58,11 +58,11 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
         let Some(none) = interp.image.symbol("_Py_NoneStruct") else {
             bail!("{} has no _Py_NoneStruct symbol", interp.path);
         };
-        t.skip_code = interp.bias + none.vaddr;
+        t.skip_code = interp.bias.wrapping_add(none.vaddr);
     }
     // A local symbol: found in builds that keep their symbol table (see PyTarget).
     if let Some(cleanup) = interp.image.symbol("_Py_InitCleanup") {
-        t.init_cleanup_code = interp.bias + cleanup.vaddr;
+        t.init_cleanup_code = interp.bias.wrapping_add(cleanup.vaddr);
     }
     match layout.tstate {
         TstateSource::RuntimeField(offset) => {
@@ -70,7 +70,7 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
                 bail!("{} has no _PyRuntime symbol", interp.path);
             };
             t.tstate_kind = TSTATE_GLOBAL;
-            t.tstate_addr = interp.bias + runtime.vaddr + offset;
+            t.tstate_addr = interp.bias.wrapping_add(runtime.vaddr).wrapping_add(offset);
         }
         TstateSource::ThreadLocal => {
             let Some(tls) = interp.image.tls_symbol(TSS_TSTATE) else {
@@ -94,7 +94,7 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
                         bail!("{} has a TLS symbol but no TLS module relocation", interp.path);
                     };
                     t.tstate_kind = TSTATE_TLS_DYNAMIC;
-                    t.tls_module_id_addr = interp.bias + slot;
+                    t.tls_module_id_addr = interp.bias.wrapping_add(slot);
                     t.tls_offset = tls.vaddr as i64;
                     t.tls_static = interp.startup_libpython as u32;
                 }
@@ -104,7 +104,9 @@ pub fn build(interp: &Interpreter, layout: &Layout) -> Result<PyTarget> {
                     let Some((memsz, align)) = interp.image.tls_segment else {
                         bail!("{} has a TLS symbol but no PT_TLS segment", interp.path);
                     };
-                    let block = memsz.div_ceil(align) * align;
+                    // p_align 0 or 1 both mean unaligned (ELF).
+                    let align = align.max(1);
+                    let block = memsz.div_ceil(align).saturating_mul(align);
                     t.tstate_kind = TSTATE_TLS_STATIC;
                     t.tls_offset = tls.vaddr as i64 - block as i64;
                 }
