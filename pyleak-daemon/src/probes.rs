@@ -474,19 +474,14 @@ impl Tables {
         self.stacks.keys().flatten().collect()
     }
 
+    /// One health counter, summed over CPUs.
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.counters.get(&(c as u32), 0).map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b))).unwrap_or(0)
+    }
+
     /// Health counters summed over CPUs.
     pub fn counters(&self) -> Vec<(Counter, u64)> {
-        Counter::ALL
-            .iter()
-            .map(|&c| {
-                let sum = self
-                    .counters
-                    .get(&(c as u32), 0)
-                    .map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
-                    .unwrap_or(0);
-                (c, sum)
-            })
-            .collect()
+        Counter::ALL.iter().map(|&c| (c, self.counter(c))).collect()
     }
 }
 

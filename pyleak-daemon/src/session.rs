@@ -112,6 +112,8 @@ struct Resolver {
     native: NativeNamer,
     resolved: HashMap<u64, ResolvedStack>,
     last_scan: Instant,
+    /// `LostNewStackEvents` when last looked at (see [`Resolver::announcements_lost`]).
+    lost_seen: u64,
 }
 
 impl Session {
@@ -190,6 +192,7 @@ impl Session {
             native: NativeNamer::new(pid),
             resolved: HashMap::new(),
             last_scan: Instant::now(),
+            lost_seen: 0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let worker = spawn_worker(resolver.clone(), stop.clone());
@@ -431,7 +434,10 @@ fn spawn_worker(resolver: Arc<Mutex<Resolver>>, stop: Arc<AtomicBool>) -> JoinHa
                 // SAFETY: one valid pollfd; the ring buffer outlives this thread (joined first).
                 unsafe { libc::poll(&mut pfd, 1, 100) };
                 let mut r = resolver.lock().expect("resolver poisoned");
-                let rescan = r.last_scan.elapsed() >= RESCAN_EVERY;
+                // The ring announces every new stack but those it had no room for, which are
+                // counted: the whole map (up to max_stacks keys, a syscall each) is scanned
+                // again only when that count moved.
+                let rescan = r.last_scan.elapsed() >= RESCAN_EVERY && r.announcements_lost();
                 r.drain(rescan);
             }
         })
@@ -439,6 +445,14 @@ fn spawn_worker(resolver: Arc<Mutex<Resolver>>, stop: Arc<AtomicBool>) -> JoinHa
 }
 
 impl Resolver {
+    /// Whether announcements of new stacks were lost (the ring was full) since the last call.
+    fn announcements_lost(&mut self) -> bool {
+        let lost = self.tables.counter(pyleak_common::Counter::LostNewStackEvents);
+        let moved = lost != self.lost_seen;
+        self.lost_seen = lost;
+        moved
+    }
+
     /// Symbolizes announced stacks; with `rescan`, also any in the map not yet resolved.
     fn drain(&mut self, rescan: bool) {
         let mut ids = Vec::new();
