@@ -399,8 +399,13 @@ impl Detachable {
     /// A call in flight elsewhere at that moment loses its record: it is counted as an
     /// unmatched return, and its block is not recorded.
     pub fn detach(self) -> Result<()> {
-        let Detachable { pid, links, returns, inflight_id } = self;
-        drop(links);
+        let Detachable { pid, mut links, returns, inflight_id } = self;
+        // Entry programs first (the reverse of attaching: see `group_by_program`), so no
+        // call enters without a return program to close it.
+        links.reverse();
+        for link in links {
+            drop(link);
+        }
         if returns {
             let map =
                 aya::maps::Map::LruHashMap(MapData::from_id(inflight_id).context("opening INFLIGHT again")?);

@@ -217,6 +217,7 @@ pub fn interpreter_sites(
     let mut out = SitePlan::default();
     let mut replaced = Vec::new();
     for &(name, kind) in functions {
+        let name = if kind == AllocFn::Finalize { finalize_point(image) } else { name };
         let Some(public) = image.symbol(name) else {
             if kind != AllocFn::Finalize {
                 out.missing.push(name);
@@ -287,6 +288,7 @@ fn delegate_slot(interp: &Interpreter, implementation: &str, opts: Options) -> O
 pub fn public_sites(image: &ElfImage, functions: &[(&'static str, AllocFn)], planner: bool) -> SitePlan {
     let mut out = SitePlan::default();
     for &(name, kind) in functions {
+        let name = if kind == AllocFn::Finalize { finalize_point(image) } else { name };
         match image.symbol(name) {
             Some(sym) => {
                 if planner {
@@ -369,6 +371,24 @@ fn add_site(out: &mut SitePlan, row: Row, kind: AllocFn, cookie: u64) {
     });
     out.rows.push(row);
 }
+
+/// Where counting stops at shutdown (see `PyTarget::finalizing`): the function
+/// `Py_FinalizeEx` calls once the program is over, its non-daemon threads joined
+/// (`wait_for_thread_shutdown`) and its atexit handlers run, just before it collects garbage
+/// and clears the modules. The first of [`FINALIZE_POINTS`] the interpreter has, else the
+/// entry of `Py_FinalizeEx`, which comes before the threads are joined: a thread still
+/// working when the main thread returns is not counted from then on.
+pub fn finalize_point(image: &ElfImage) -> &'static str {
+    FINALIZE_POINTS.iter().copied().find(|name| image.symbol(name).is_some()).unwrap_or("Py_FinalizeEx")
+}
+
+/// In order: `PyOS_FiniInterrupts` (3.8, exported; removed in 3.9), then
+/// `_PyThreadState_DeleteExcept` (3.9–3.12, exported; 3.8 has it too, but calls it only
+/// after fork), then `_PyThreadState_RemoveExcept` (3.13+, a local symbol: builds that keep
+/// their symbol table). The last two also run in a forked child, after fork: another
+/// process, which the kernel side does not count anyway.
+const FINALIZE_POINTS: &[&str] =
+    &["PyOS_FiniInterrupts", "_PyThreadState_DeleteExcept", "_PyThreadState_RemoveExcept"];
 
 /// Why a public allocator function is probed itself rather than its table's target.
 enum Fallback {

@@ -63,6 +63,27 @@ fn run_reports_the_leak() {
     });
 }
 
+/// run_thread_outlives_main.py: the main thread returns at once, and a worker thread leaks
+/// afterwards, while the interpreter waits for it in Py_FinalizeEx. The leak is in the
+/// report: counting stops once the threads are joined and the atexit handlers have run
+/// (`_PyThreadState_DeleteExcept`, 3.13+ `_PyThreadState_RemoveExcept`), not at the entry of
+/// Py_FinalizeEx, which froze the numbers before the worker had allocated anything.
+#[test]
+fn run_counts_threads_that_outlive_the_main_thread() {
+    for_each_python(|python| {
+        let path = script("run_thread_outlives_main.py");
+        let report = run_report(python, &path, &[], &[]);
+        let leak = marker_line(&path, "LEAK");
+        let (low, high) = leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"));
+        assert_between(
+            report.bytes_at("run_thread_outlives_main.py", leak),
+            low,
+            high,
+            "the worker's leak",
+            &report,
+        );
+    });
+}
 /// `--sample-bytes 4KiB`: the report says it holds estimates, the leak's line
 /// still ranks first, and its estimated bytes and blocks fall within the
 /// bounds sampling theory gives: the exact bounds widened by four standard
