@@ -55,6 +55,14 @@ fn is_init_cleanup(name: &str, filename: &str, first_line: u32, linetable: &[u8]
     name == "__init__" && filename == "__init__" && first_line == 0 && no_line
 }
 
+/// Whether `first_word`, an object's reference count if it is alive, is rather the free-list
+/// link pymalloc writes there when the block at `addr` is freed: NULL, or an address in the
+/// same pool (pools are at most 16 KiB, and aligned to their size). No live reference count
+/// is the object's own address give or take 16 KiB.
+fn looks_freed(first_word: u64, addr: u64) -> bool {
+    first_word == 0 || first_word >> 14 == addr >> 14
+}
+
 pub struct Symbolizer {
     mem: ProcMem,
     layout: Layout,
@@ -129,6 +137,14 @@ impl Symbolizer {
         let u32_at = |off: u64| {
             raw.get(off as usize..off as usize + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
         };
+        // A code object freed since its frame was captured (the main script's module code
+        // is freed as soon as the script ends, and `pyleak run` may symbolize after that) can
+        // still hold its fields, pointing to objects freed and reused: it must not be named
+        // from them. pymalloc puts its free-list link (the next free block of the same pool,
+        // or NULL) where the reference count was; glibc overwrites the type too.
+        if looks_freed(u64_at(0)?, code) {
+            return None;
+        }
         let filename = u64_at(l.co_filename)?;
         // As the kernel reads it (walk::read_fingerprint): the length, then the last 8 bytes.
         let length = self.mem.read_u64(filename.wrapping_add(16)).ok()?;
@@ -226,7 +242,22 @@ impl Symbolizer {
 
 #[cfg(test)]
 mod tests {
-    use super::is_init_cleanup;
+    use super::{is_init_cleanup, looks_freed};
+
+    #[test]
+    fn freed_code_objects_are_told_by_their_first_word() {
+        let code = 0x7f3b_9162_cc60;
+        // pymalloc's free-list link: another block of the pool, or the end of the list.
+        assert!(looks_freed(0x7f3b_9162_cd00, code));
+        assert!(looks_freed(0x7f3b_9162_c010, code));
+        assert!(looks_freed(0, code));
+        // Live reference counts, 3.12's immortal one included.
+        for refcnt in [1, 2, 1000, 999_999_999, 0xffff_ffff] {
+            assert!(!looks_freed(refcnt, code), "{refcnt}");
+        }
+        // A block of another pool.
+        assert!(!looks_freed(0x7f3b_9163_0010, code));
+    }
 
     #[test]
     fn only_the_init_trampoline_is_dropped() {
