@@ -1038,6 +1038,7 @@ mod tests {
         ) -> u64 {
             let (name, qualname, table) = (self.str(name), self.str(qualname), self.bytes(table));
             let code = self.alloc(208 + units * 2);
+            self.u64(code, 1); // ob_refcnt: alive
             self.u64(code + 8, code_type); // ob_type
             self.u64(code + 112, file); // co_filename
             self.u64(code + 120, name); // co_name

@@ -5,7 +5,7 @@
 //! `co_firstlineno`; a cached entry is used only when it matches, and a new read must match
 //! it too (and have `PyCode_Type` as its type), so a code object freed and replaced at the
 //! same address is noticed rather than misnamed.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{layout::Layout, linetable};
 use crate::{model::Frame, procmem::ProcMem};
@@ -69,11 +69,25 @@ pub struct Symbolizer {
     /// Runtime address of `PyCode_Type`, to reject pointers that are not code objects.
     code_type: u64,
     cache: HashMap<u64, CodeInfo>,
+    /// (code, fingerprint) found freed or not matching: not read again. An import makes
+    /// thousands of stacks through the same short-lived module body; once it is gone, every
+    /// one of them would read it again (several reads each), and the symbolizer would fall
+    /// further behind the code objects still alive.
+    gone: HashSet<(u64, u32)>,
+    /// Line by (code, position, fingerprint).
+    lines: HashMap<(u64, u32, u32), u32>,
 }
 
 impl Symbolizer {
     pub fn new(mem: ProcMem, layout: Layout, code_type: u64) -> Symbolizer {
-        Symbolizer { mem, layout, code_type, cache: HashMap::new() }
+        Symbolizer {
+            mem,
+            layout,
+            code_type,
+            cache: HashMap::new(),
+            gone: HashSet::new(),
+            lines: HashMap::new(),
+        }
     }
 
     /// Symbolizes one frame captured with `fingerprint` (the code object's
@@ -90,10 +104,16 @@ impl Symbolizer {
         // hash collision, to be mistaken for it.)
         let cached = self.cache.get(&code).is_some_and(|c| c.fingerprint.hash() == fingerprint);
         if !cached {
+            if self.gone.contains(&(code, fingerprint)) {
+                return Some(Frame::unknown(code));
+            }
             let Some(fp) = self.fingerprint(code) else {
+                // Freed, or its memory unmapped: gone either way.
+                self.gone.insert((code, fingerprint));
                 return Some(Frame::unknown(code));
             };
             if fp.ob_type != self.code_type || fp.hash() != fingerprint {
+                self.gone.insert((code, fingerprint));
                 return Some(Frame::unknown(code));
             }
             match self.read_code(code, &fp) {
@@ -107,18 +127,22 @@ impl Symbolizer {
         if info.trampoline {
             return None;
         }
-        let line = self
-            .layout
-            .bytecode_offset(instr)
-            .and_then(|off| {
-                linetable::line_for_offset(
-                    self.layout.linetable_format,
-                    &info.linetable,
-                    info.fingerprint.firstlineno,
-                    off,
-                )
-            })
-            .unwrap_or(0);
+        // Stacks share most of their frames (an import's dozen bootstrap frames, a server's
+        // dispatch loop): each position's line is decoded once, not once per stack.
+        let layout = &self.layout;
+        let line = *self.lines.entry((code, instr, fingerprint)).or_insert_with(|| {
+            layout
+                .bytecode_offset(instr)
+                .and_then(|off| {
+                    linetable::line_for_offset(
+                        layout.linetable_format,
+                        &info.linetable,
+                        info.fingerprint.firstlineno,
+                        off,
+                    )
+                })
+                .unwrap_or(0)
+        });
         Some(Frame {
             function: info.name.clone(),
             qualname: info.qualname.clone(),
