@@ -99,23 +99,55 @@ pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> 
         }
     };
     announce(&session, "tracing until it exits");
+    let min_age = rep.min_age.map(Duration::from_secs_f64);
+    // Live until the child execs, if it does: see `at_exec` below.
+    let tracing = std::cell::RefCell::new(Tracing::Live(session));
     let mut held = false;
-    let status = child.run_to_exit(
+    let ended = child.run_to_exit(
         || {
-            // The kernel side stops the child once, as it enters Py_FinalizeEx.
-            if held || !session.finalizing() {
+            // The kernel side stops the child once, as the interpreter starts shutting down.
+            let t = tracing.borrow();
+            let Tracing::Live(s) = &*t else { return false };
+            if held || !s.finalizing() {
                 return false;
             }
             held = true;
-            session.sync();
+            s.sync();
             true
         },
-        || session.sync(),
+        || {
+            if let Tracing::Live(s) = &*tracing.borrow() {
+                s.sync();
+            }
+        },
+        || {
+            // A new program under the same pid: what was traced (probes, addresses, blocks)
+            // was the old one's, so tracing ends here, as at an exit; the child runs on.
+            let mut t = tracing.borrow_mut();
+            *t = match std::mem::replace(&mut *t, Tracing::Ended(Report::default())) {
+                Tracing::Live(s) => {
+                    eprintln!(
+                        "pyleak: pid {pid} replaced its program (execve); tracing ends here, the report covers the program before"
+                    );
+                    Tracing::Ended(s.finish(min_age))
+                }
+                ended => ended,
+            };
+        },
     )?;
-    eprintln!("pyleak: pid {pid} exited with status {status}");
+    eprintln!("pyleak: pid {pid} {ended}");
     tracing::debug!(pid, "building the report");
-    let raw = session.finish(rep.min_age.map(Duration::from_secs_f64));
+    let raw = match tracing.into_inner() {
+        Tracing::Live(session) => session.finish(min_age),
+        Tracing::Ended(raw) => raw,
+    };
     write_report(&raw, rep)
+}
+
+/// `pyleak run`'s session, until the child execs (then the report of what it traced).
+enum Tracing {
+    Live(Session),
+    Ended(Report),
 }
 
 /// What can be checked of the report options before tracing: the filters compile, and a

@@ -42,6 +42,28 @@ pub fn install_interrupt_handler() {
     }
 }
 
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this status.
+    Status(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Ended::Status(code) => write!(f, "exited with status {code}"),
+            Ended::Signal(sig) => {
+                // SAFETY: strsignal returns a static or thread-local string for any number.
+                let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) };
+                write!(f, "was killed by signal {sig} ({})", name.to_string_lossy())
+            }
+        }
+    }
+}
+
 /// A child started under ptrace, stopped until [`Child::run_to_exit`].
 pub struct Child {
     pub pid: u32,
@@ -157,28 +179,23 @@ impl Child {
     /// Resumes the child and waits for it to end. `at_finalize` is asked about each SIGSTOP:
     /// it returns true (and the signal is suppressed) when the stop is the one pyleak's
     /// kernel side sends as the interpreter starts shutting down. `at_exit` runs while the
-    /// child is held at its exit (memory still readable). Returns the exit status
-    /// (128+signal if killed).
+    /// child is held at its exit (memory still readable); `at_exec` once it has replaced its
+    /// program (the old one's memory is gone). Returns how it ended.
     pub fn run_to_exit(
         mut self,
         mut at_finalize: impl FnMut() -> bool,
         mut at_exit: impl FnMut(),
-    ) -> Result<i32> {
+        mut at_exec: impl FnMut(),
+    ) -> Result<Ended> {
         let mut pending = 0;
         loop {
             self.restart(libc::PTRACE_CONT, pending)?;
             pending = 0;
             match self.wait()? {
-                Event::Exited(code) => return Ok(code),
-                Event::Killed(sig) => return Ok(128 + sig),
+                Event::Exited(code) => return Ok(Ended::Status(code)),
+                Event::Killed(sig) => return Ok(Ended::Signal(sig)),
                 Event::Exit => at_exit(),
-                Event::Exec => {
-                    tracing::warn!(
-                        pid = self.pid,
-                        "the traced process exec'd a new program; its allocations are no longer Python's"
-                    );
-                    at_exit();
-                }
+                Event::Exec => at_exec(),
                 // A group-stop (Ctrl-Z) reports as a stop with no signal info; re-injecting it
                 // would loop, so the child is resumed (job control is not passed through).
                 Event::Signal(libc::SIGSTOP) if !self.is_group_stop() && at_finalize() => {}

@@ -63,6 +63,29 @@ fn run_reports_the_leak() {
     });
 }
 
+/// run_reexec.py: the program replaces itself (os.execv) with another Python program. The
+/// report is the old program's, up to the exec, and says so; the new program's allocations
+/// (read with the old one's addresses) are not mixed in. The child still runs to its end,
+/// and pyleak exits 0. Before, the trace went on: the new program's blocks came out as
+/// unknown code, the old one's freed image as outstanding.
+#[test]
+fn run_reports_the_program_before_an_exec() {
+    for_each_python(|python| {
+        let path = script("run_reexec.py");
+        let report = run_report(python, &path, &[], &[]);
+        assert!(
+            report.stderr.contains("replaced its program (execve); tracing ends here"),
+            "no word of the exec\n{report}"
+        );
+        assert!(report.stderr.contains("exited with status 0"), "{report}");
+        let (low, high) = leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"));
+        let old = marker_line(&path, "OLD");
+        assert_between(report.bytes_at("run_reexec.py", old), low, high, "the old program's leak", &report);
+        let new = marker_line(&path, "NEW");
+        assert_eq!(report.bytes_at("run_reexec.py", new), 0, "the new program's allocations\n{report}");
+    });
+}
+
 /// run_thread_outlives_main.py: the main thread returns at once, and a worker thread leaks
 /// afterwards, while the interpreter waits for it in Py_FinalizeEx. The leak is in the
 /// report: counting stops once the threads are joined and the atexit handlers have run
