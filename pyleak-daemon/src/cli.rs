@@ -53,7 +53,8 @@ pub enum Command {
     /// The command runs as pyleak's child. pyleak holds it only twice, briefly: after exec
     /// until libpython is loaded (so tracing starts before the first Python line), and at
     /// exit while the last stacks are named (its memory is gone a moment later). Follows
-    /// the process and its execs, not processes it forks.
+    /// the process, not processes it forks; if it execs another program, tracing ends
+    /// there (the report covers the program before) and the command runs on to its end.
     #[command(after_long_help = EXAMPLES)]
     Run {
         #[command(flatten)]

@@ -41,7 +41,8 @@ pub enum AllocFn {
     Calloc,
     Realloc,
     Free,
-    /// `Py_FinalizeEx`: not an allocator; freezes the process's numbers at shutdown.
+    /// The shutdown point (`sites::finalize_point`): not an allocator; freezes the process's
+    /// numbers at shutdown.
     Finalize,
     /// `posix_memalign(&p, align, size)`.
     PosixMemalign,
@@ -257,7 +258,7 @@ impl Probes {
         ))
     }
 
-    /// Whether the kernel side saw `pid` enter `Py_FinalizeEx`.
+    /// Whether the kernel side saw `pid` reach its shutdown point.
     pub fn finalizing(&self, pid: u32) -> bool {
         self.targets.get(&0, 0).is_ok_and(|t| t.tgid == pid && t.finalizing != 0)
     }

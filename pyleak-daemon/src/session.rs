@@ -241,7 +241,8 @@ impl Session {
         self.tables.counters()
     }
 
-    /// Whether the kernel side saw the interpreter enter `Py_FinalizeEx`.
+    /// Whether the kernel side saw the interpreter reach its shutdown point
+    /// (`sites::finalize_point`).
     pub fn finalizing(&self) -> bool {
         self.probes.finalizing(self.pid)
     }
@@ -284,7 +285,7 @@ impl Session {
         let mut python = self.python.clone();
         if finalizing {
             python.notes.push(
-                "counting stopped when the interpreter began shutting down (Py_FinalizeEx): memory freed by shutdown is still shown as outstanding"
+                "counting stopped when the interpreter began tearing itself down (Py_FinalizeEx, after joining threads and running atexit handlers): memory freed by the teardown is still shown as outstanding"
                     .to_string(),
             );
         }
