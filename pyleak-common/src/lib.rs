@@ -63,6 +63,13 @@ pub const DEFAULT_MAX_DEPTH: u32 = 64;
 /// Default capacity of [`MAP_LIVE_ALLOCS`] (outstanding allocations of a traced process;
 /// 112 bytes of kernel memory each, reserved at attach).
 pub const DEFAULT_MAX_LIVE_ALLOCS: u32 = 1 << 20;
+/// Largest capacity pyleak gives [`MAP_LIVE_ALLOCS`]: 67,108,864 entries, 7 GiB of kernel
+/// memory reserved per traced process. Beyond it the kernel refuses the map (its bucket
+/// array outgrows what it allows) or the host runs out of memory.
+pub const MAX_LIVE_ALLOCS: u32 = 1 << 26;
+/// Largest capacity pyleak gives [`MAP_STACKS`]: 4,194,304 stacks, up to 8 GiB of kernel
+/// memory when full.
+pub const MAX_STACKS: u32 = 1 << 22;
 /// Default capacity of [`MAP_STACKS`] (distinct interned stacks).
 /// Each entry is about 2 KiB of kernel memory once used (not preallocated). Import-heavy
 /// start-ups alone can make over 16K distinct stacks.

@@ -190,8 +190,8 @@ pub struct ReportArgs {
     /// The flamegraph formats (folded, svg, pprof) ignore it and always use traceback.
     #[arg(long, value_enum, default_value_t = GroupBy::Traceback)]
     pub group_by: GroupBy,
-    /// Show only the N largest groups. Default: all.
-    #[arg(long, value_name = "N")]
+    /// Show only the N largest groups (N >= 1). Default: all.
+    #[arg(long, value_name = "N", value_parser = parse_top)]
     pub top: Option<usize>,
     /// Count only blocks outstanding at least SECS seconds at the end of the trace: caches
     /// that churn fall away, leaks remain.
@@ -223,11 +223,14 @@ pub struct CaptureArgs {
     /// room for 64 GiB outstanding: 131072 at 512KiB]. Beyond it new ones are counted as
     /// lost (reported, never silently dropped). Kernel memory: 112 bytes each, reserved at
     /// attach (112 MiB at 1048576, 14 MiB at 131072).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// At most 67108864 (7 GiB).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=pyleak_common::MAX_LIVE_ALLOCS as i64))]
     pub max_allocations: Option<u32>,
-    /// Most distinct stacks kept (about 2 KiB of kernel memory each, allocated as used).
+    /// Most distinct stacks kept (about 2 KiB of kernel memory each, allocated as used; at
+    /// most 4194304).
     #[arg(long, value_name = "N", default_value_t = pyleak_common::DEFAULT_MAX_STACKS,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=pyleak_common::MAX_STACKS as i64))]
     pub max_stacks: u32,
     /// Probe every function on its first instruction, at the public entry points (for
     /// comparison; slower).
@@ -278,6 +281,13 @@ fn parse_duration(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= MAX_SECONDS => Ok(v),
         _ => Err(format!("expected a positive number of seconds, at most {MAX_SECONDS:e}, got {s:?}")),
+    }
+}
+
+fn parse_top(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a number of groups, at least 1, got {s:?}")),
     }
 }
 
@@ -338,6 +348,9 @@ mod tests {
             &["trace", "--pid", "1", "--min-age", "1e20"],
             &["trace", "--pid", "1", "--duration", "1e20"],
             &["trace", "--pid", "1", "--duration", "inf"],
+            &["trace", "--pid", "1", "--max-allocations", "4294967295"],
+            &["trace", "--pid", "1", "--max-stacks", "4194305"],
+            &["trace", "--pid", "1", "--top", "0"],
             &["trace", "--pid", "1", "--frames", "0"],
             &["run"],
         ] {

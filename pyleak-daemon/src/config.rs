@@ -530,14 +530,21 @@ fn compile_limits(src: &Source, raw: RawLimits) -> Result<Limits, ConfigError> {
             1,
             Some((pyleak_common::MAX_TARGETS, "the capacity of the kernel's target map")),
         )?,
-        max_stacks: in_range(src, raw.max_stacks, "limits.max_stacks", d.max_stacks, 1, None)?,
+        max_stacks: in_range(
+            src,
+            raw.max_stacks,
+            "limits.max_stacks",
+            d.max_stacks,
+            1,
+            Some((pyleak_common::MAX_STACKS, "up to 8 GiB of kernel memory per process when full")),
+        )?,
         max_live_allocations: in_range(
             src,
             raw.max_live_allocations,
             "limits.max_live_allocations",
             crate::sampling::default_max_live_allocs(sample_bytes),
             1,
-            None,
+            Some((pyleak_common::MAX_LIVE_ALLOCS, "7 GiB of kernel memory reserved per process")),
         )?,
         stack_depth: in_range(
             src,
@@ -1179,6 +1186,9 @@ level = "debug"
             error("[limits]\nmax_live_allocations = 0")
                 .contains("limits.max_live_allocations: 0 is too small")
         );
+        assert!(error("[limits]\nmax_live_allocations = 4294967295").contains(
+            "limits.max_live_allocations: 4294967295 is too large: the most is 67108864 (7 GiB of kernel memory"
+        ));
         assert!(error("[limits]\nmetrics_top_stacks = 1001").contains(
             "2:22: limits.metrics_top_stacks: 1001 is too large: the most is 1000 (each one is a series per process"
         ));

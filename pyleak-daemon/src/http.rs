@@ -271,7 +271,13 @@ pub fn parse_report_query(query: &str, default_format: Format) -> Result<ReportQ
             }
             "format" => q.format = value_enum("format", v)?,
             "group_by" | "group-by" => q.group_by = value_enum("group_by", v)?,
-            "top" => q.top = Some(number("top", v)?),
+            "top" => {
+                let n = number("top", v)?;
+                if n == 0 {
+                    return Err("top: must be at least 1".into());
+                }
+                q.top = Some(n);
+            }
             "frames" => {
                 let n = number("frames", v)?;
                 if n == 0 {
@@ -390,6 +396,7 @@ mod tests {
             ("pid=1&group_by=module", "group_by"),
             ("pid=1&top=-1", "top: expected"),
             ("pid=1&frames=0", "frames: must be"),
+            ("pid=1&top=0", "top: must be"),
             ("pid=1&min_age=-2", "min_age"),
             ("pid=1&min_age=1e20", "min_age: expected a number of seconds from 0 to 1e9"),
             ("pid=1&min_age=NaN", "min_age"),
