@@ -159,6 +159,41 @@ pub fn check_report_args(rep: &ReportArgs) -> Result<()> {
         // As gzip does: binary on a terminal is noise, and the report would be lost.
         bail!("the pprof report is binary and standard output is a terminal: write it with -o FILE");
     }
+    if let Some(path) = &rep.output {
+        check_writable(path)?;
+    }
+    Ok(())
+}
+
+/// Whether the report can go to `path`, checked before tracing (after it, the trace would be
+/// lost): not a directory; if it exists, it opens for writing; if not, its directory exists
+/// and takes new files. Nothing is created or truncated here.
+fn check_writable(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let shown = path.display();
+    if path.is_dir() {
+        bail!("-o {shown}: is a directory; give a file name");
+    }
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("-o {shown}: cannot be written"))?;
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("-o {shown}: the directory {} does not exist", dir.display());
+    }
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).context("a path with a NUL byte")?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("-o {shown}: no new file can be made in {}: {e}", dir.display());
+    }
     Ok(())
 }
 

@@ -155,3 +155,20 @@ fn usage_errors_exit_2() {
         assert!(!finished.stderr.trim().is_empty(), "`pyleak {}`: no message\n{finished}", args.join(" "));
     }
 }
+
+/// `run -o PATH` where the report cannot go: refused before the command starts (a marker
+/// file the command would create stays absent), exit 1, one line naming the path. Before,
+/// the whole program was traced and the report lost at the end.
+#[test]
+fn run_refuses_an_unwritable_output_before_starting() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let is_dir = dir.path().to_str().unwrap().to_string();
+    let missing = dir.path().join("no/such/dir/report.json").to_str().unwrap().to_string();
+    for (output, needle) in [(missing.as_str(), "does not exist"), (is_dir.as_str(), "is a directory")] {
+        let finished = pyleak(["run", "-o", output, "--", "touch", marker.to_str().unwrap()]);
+        assert_runtime_error(&finished, needle);
+        assert!(!marker.exists(), "the command ran although its report could not be written\n{finished}");
+    }
+}
