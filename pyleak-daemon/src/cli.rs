@@ -105,8 +105,8 @@ pub enum Command {
     /// Fetch a report or a flamegraph of one process from a running daemon.
     #[command(after_long_help = DAEMON_EXAMPLES)]
     Dump {
-        /// The daemon's base URL. Default: the `listen` address of the configuration file,
-        /// else http://127.0.0.1:9464.
+        /// The daemon's base URL, or its HOST:PORT (plain HTTP). Default: the `listen`
+        /// address of the configuration file, else http://127.0.0.1:9464.
         #[arg(long, value_name = "URL")]
         daemon: Option<String>,
         /// Process id, as the daemon traces it (`/api/processes` lists them).

@@ -25,6 +25,8 @@ pub struct Mapping {
 pub enum TargetError {
     #[error("no process with pid {pid}")]
     NoSuchProcess { pid: u32 },
+    #[error("pid {pid} is a thread of process {tgid}, not a process: trace the process (--pid {tgid})")]
+    Thread { pid: u32, tgid: u32 },
     #[error("cannot read /proc/{pid} (permission denied): run pyleak as root, or with CAP_SYS_PTRACE")]
     PermissionDenied { pid: u32 },
     #[error(
@@ -86,6 +88,13 @@ pub struct Interpreter {
     /// Shared linkage: libpython is a DT_NEEDED library of the executable, so it was loaded
     /// at start-up and its TLS is static (see `PyTarget::tls_static`). False when unknown.
     pub startup_libpython: bool,
+}
+
+/// The process (thread group) `pid` belongs to: itself for a process, another pid for a
+/// thread (`/proc/PID` answers for threads too).
+fn thread_group(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
 pub fn process_exists(pid: u32) -> bool {
@@ -203,6 +212,11 @@ pub fn is_libc_name(path: &str) -> bool {
 pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
     if !process_exists(pid) {
         return Err(TargetError::NoSuchProcess { pid }.into());
+    }
+    if let Some(tgid) = thread_group(pid)
+        && tgid != pid
+    {
+        return Err(TargetError::Thread { pid, tgid }.into());
     }
     let maps = read_maps(pid)?;
     let lib = maps.iter().find(|m| is_libpython_name(m.path.trim_end_matches(DELETED)));

@@ -74,7 +74,8 @@ pub enum Format {
     /// Human-readable text, largest groups first.
     #[default]
     Table,
-    /// The JSON report of DESIGN.md §4 (machine-readable; field names are a contract).
+    /// The JSON report (machine-readable: pid, command, python, totals, stacks; field names
+    /// are a stable contract).
     Json,
     /// Folded stacks of outstanding bytes, for flamegraph.pl, inferno or speedscope.
     Folded,

@@ -23,6 +23,8 @@ pub const EXAMPLE_CONFIG: &str = include_str!("../../packaging/pyleak.toml");
 pub fn dump(daemon: Option<&str>, pid: u32, rep: &ReportArgs) -> Result<()> {
     crate::commands::check_report_args(rep)?;
     let base = match daemon {
+        // `host:port`, as --listen takes it, means the daemon's plain HTTP there.
+        Some(url) if !url.contains("://") => format!("http://{}", url.trim_end_matches('/')),
         Some(url) => url.trim_end_matches('/').to_string(),
         None => default_daemon_url(),
     };

@@ -172,3 +172,30 @@ fn run_refuses_an_unwritable_output_before_starting() {
         assert!(!marker.exists(), "the command ran although its report could not be written\n{finished}");
     }
 }
+
+/// `trace --pid` of a thread of a Python process (its tid also answers in /proc): exit 1,
+/// one line naming the process to trace instead. Before, the kernel refused the probes
+/// with a bare "No such process".
+#[test]
+fn trace_a_thread_names_its_process() {
+    let _serial = serial();
+    require_root();
+    let python = pyleak_e2e::pythons().pop().expect("a python");
+    let code = "import threading,time\nt=threading.Thread(target=time.sleep,args=(60,))\nt.start()\nprint('ready',flush=True)\ntime.sleep(60)";
+    let mut child =
+        Command::new(&python.path).args(["-c", code]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line)
+        .unwrap();
+    let pid = child.id();
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&t| t != pid)
+        .expect("the worker thread");
+    let finished = pyleak(["trace", "--pid", &tid.to_string(), "--duration", "5"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_runtime_error(&finished, &format!("is a thread of process {pid}"));
+}
