@@ -170,6 +170,12 @@ fn load_config(o: &Overrides) -> Result<Config> {
         config.listen = listen;
     }
     if !o.pids.is_empty() {
+        for &pid in &o.pids {
+            // Kept (a pid names one process for good), but said: it cannot come later.
+            if start_time(pid).is_none() {
+                tracing::warn!(pid, "--pid {pid}: no such process; nothing will be traced for it");
+            }
+        }
         config.targets.push(Target::from_pids(&o.pids, "--pid"));
     }
     for m in &o.matches {
