@@ -248,9 +248,15 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
 
     let mut groups: Vec<Group> = Vec::new();
     let mut index: HashMap<GroupKey, usize> = HashMap::new();
+    // What --include/--exclude leave out, said in the report: the totals above count it.
+    let (mut filtered_stacks, mut filtered_bytes) = (0u64, 0u64);
     for stack in &report.stacks {
         let frames = if stack.frames.is_empty() { &native[..] } else { &stack.frames[..] };
         let Some(frames) = filter.apply(frames) else {
+            if stack.outstanding_bytes > 0 {
+                filtered_stacks += 1;
+                filtered_bytes = filtered_bytes.saturating_add(stack.outstanding_bytes);
+            }
             continue;
         };
         let top = &frames[0];
@@ -329,10 +335,17 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
         }
     }
 
+    let mut python = report.python.clone();
+    if filtered_stacks > 0 {
+        python.notes.push(format!(
+            "--include/--exclude left out {filtered_stacks} stacks holding {} outstanding (counted in the totals)",
+            human_bytes(filtered_bytes)
+        ));
+    }
     Ok(Report {
         pid: report.pid,
         command: report.command.clone(),
-        python: report.python.clone(),
+        python,
         duration_s: report.duration_s,
         totals: report.totals.clone(),
         stacks,
@@ -750,6 +763,14 @@ mod tests {
         let shaped = shape(&r, &exclude(GroupBy::Traceback)).unwrap();
         assert_eq!(sums(&shaped), [(140, 5, 140)]);
         assert_eq!(shaped.stacks[0].frames, [handle(), main_frame()]);
+        // The dropped stack is said, with its bytes; without filters nothing is.
+        assert!(
+            shaped.python.notes.iter().any(|n| n == "--include/--exclude left out 1 stacks holding 1000 B outstanding (counted in the totals)"),
+            "{:?}",
+            shaped.python.notes
+        );
+        let unfiltered = shape(&r, &opts(GroupBy::Line)).unwrap();
+        assert!(!unfiltered.python.notes.iter().any(|n| n.starts_with("--include/--exclude")));
         let by_line = shape(&r, &exclude(GroupBy::Line)).unwrap();
         assert_eq!(tops(&by_line), ["/srv/app.py:15"]);
         // Without the exclude, the library line leads.
