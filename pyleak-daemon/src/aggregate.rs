@@ -36,6 +36,11 @@ pub struct Inputs<'a> {
     pub resolved: &'a HashMap<u64, ResolvedStack>,
     /// What the kernel maps were sized for, named when one was full.
     pub capacity: Capacity,
+    /// The counters of stacks reclaimed while tracing (idle, nothing outstanding), summed:
+    /// the totals include them.
+    pub retired: StackCounters,
+    /// How many stacks were reclaimed.
+    pub reclaimed: u64,
 }
 
 /// The capacities the kernel maps were loaded with (`LoadOptions`).
@@ -49,7 +54,11 @@ pub struct Capacity {
 
 pub fn build(inp: Inputs<'_>) -> Report {
     let count_one = if inp.sample_bytes > 0 { pyleak_common::sampling::COUNT_ONE } else { 1 };
-    let mut totals = Totals::default();
+    let mut totals = Totals {
+        allocated_bytes: inp.retired.allocated_bytes,
+        freed_bytes: inp.retired.freed_bytes,
+        ..Totals::default()
+    };
     let mut per_stack: HashMap<u64, StackStats> = HashMap::new();
     for (id, c) in &inp.stats {
         totals.allocated_bytes += c.allocated_bytes;
@@ -102,6 +111,12 @@ pub fn build(inp: Inputs<'_>) -> Report {
     if unresolved > 0 {
         python.notes.push(format!(
             "{unresolved} stacks could not be symbolized (the process exited before their code objects were read)"
+        ));
+    }
+    if inp.reclaimed > 0 {
+        python.notes.push(format!(
+            "{} stacks with nothing outstanding were reclaimed to make room for new ones (their allocations stay in the totals)",
+            inp.reclaimed
         ));
     }
     let truncated = counter(Counter::StacksTruncated);
@@ -199,6 +214,34 @@ mod tests {
     }
 
     #[test]
+    fn reclaimed_stacks_stay_in_the_totals_and_are_said() {
+        let mut resolved = HashMap::new();
+        resolved.insert(1, ResolvedStack { frames: vec![frame("leak", 3)], flags: 0, native: None });
+        let retired = StackCounters { allocated_bytes: 7000, allocations: 70, freed_bytes: 7000, frees: 70 };
+        let r = build(Inputs {
+            pid: 7,
+            command: "python app.py".into(),
+            python: PythonInfo::default(),
+            duration: Duration::from_secs(2),
+            stats: vec![(1, counters(10))],
+            live: None,
+            sample_bytes: 0,
+            kernel_programs: None,
+            counters: vec![],
+            resolved: &resolved,
+            capacity: CAPACITY,
+            retired,
+            reclaimed: 5,
+        });
+        assert_eq!((r.totals.allocated_bytes, r.totals.freed_bytes), (8000, 7000));
+        assert_eq!(r.totals.outstanding_bytes, 1000);
+        assert_eq!(r.stacks.len(), 1);
+        assert!(
+            r.python.notes.iter().any(|n| n.starts_with("5 stacks with nothing outstanding were reclaimed"))
+        );
+    }
+
+    #[test]
     fn outstanding_is_allocated_minus_freed_and_sorted() {
         let mut resolved = HashMap::new();
         resolved.insert(1, ResolvedStack { frames: vec![frame("leak", 3)], flags: 0, native: None });
@@ -219,6 +262,8 @@ mod tests {
             counters: vec![(Counter::LostLiveFull, 3), (Counter::Allocs, 99)],
             resolved: &resolved,
             capacity: CAPACITY,
+            retired: StackCounters::default(),
+            reclaimed: 0,
         });
         assert_eq!(r.stacks[0].frames[0].function, "leak");
         assert_eq!(r.stacks[0].outstanding_bytes, 1000);
@@ -253,6 +298,8 @@ mod tests {
                 counters: vec![(c, 5)],
                 resolved: &resolved,
                 capacity: CAPACITY,
+                retired: StackCounters::default(),
+                reclaimed: 0,
             });
             assert_eq!(r.totals.lost_events, 5, "{c:?}");
             let notes: Vec<_> = r.python.notes.iter().filter(|n| n.contains("were not recorded")).collect();
@@ -275,6 +322,8 @@ mod tests {
             counters: vec![(Counter::LostStatsFull, 2), (Counter::LostStacksFull, 1)],
             resolved: &resolved,
             capacity: CAPACITY,
+            retired: StackCounters::default(),
+            reclaimed: 0,
         });
         assert_eq!(r.stacks[0].outstanding_bytes, 200);
         assert_eq!(r.stacks[0].outstanding_allocations, 2);

@@ -101,7 +101,7 @@ pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> 
     announce(&session, "tracing until it exits");
     let min_age = rep.min_age.map(Duration::from_secs_f64);
     // Live until the child execs, if it does: see `at_exec` below.
-    let tracing = std::cell::RefCell::new(Tracing::Live(session));
+    let tracing = std::cell::RefCell::new(Tracing::Live(Box::new(session)));
     let mut held = false;
     let ended = child.run_to_exit(
         || {
@@ -124,12 +124,12 @@ pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> 
             // A new program under the same pid: what was traced (probes, addresses, blocks)
             // was the old one's, so tracing ends here, as at an exit; the child runs on.
             let mut t = tracing.borrow_mut();
-            *t = match std::mem::replace(&mut *t, Tracing::Ended(Report::default())) {
+            *t = match std::mem::replace(&mut *t, Tracing::Ended(Box::default())) {
                 Tracing::Live(s) => {
                     eprintln!(
                         "pyleak: pid {pid} replaced its program (execve); tracing ends here, the report covers the program before"
                     );
-                    Tracing::Ended(s.finish(min_age))
+                    Tracing::Ended(Box::new(s.finish(min_age)))
                 }
                 ended => ended,
             };
@@ -139,15 +139,15 @@ pub fn run(argv: &[std::ffi::OsString], rep: &ReportArgs, cap: &CaptureArgs) -> 
     tracing::debug!(pid, "building the report");
     let raw = match tracing.into_inner() {
         Tracing::Live(session) => session.finish(min_age),
-        Tracing::Ended(raw) => raw,
+        Tracing::Ended(raw) => *raw,
     };
     write_report(&raw, rep)
 }
 
 /// `pyleak run`'s session, until the child execs (then the report of what it traced).
 enum Tracing {
-    Live(Session),
-    Ended(Report),
+    Live(Box<Session>),
+    Ended(Box<Report>),
 }
 
 /// What can be checked of the report options before tracing: the filters compile, and a

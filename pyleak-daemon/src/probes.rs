@@ -183,12 +183,19 @@ pub struct Probes {
     empty_programs: bool,
 }
 
-/// Read-only views of the maps the reporting side needs; shareable across threads.
+/// `STACKS` and `STACK_STATS` again, for [`Tables::reclaim`].
+type ReclaimHandles = (HashMap<MapData, u64, StackTrace>, PerCpuHashMap<MapData, StackKey, StackCounters>);
+
+/// Views of the maps the reporting side needs; shareable across threads. Read-only but for
+/// [`Tables::reclaim`], which goes through handles of its own.
 pub struct Tables {
     pub stacks: HashMap<MapData, u64, StackTrace>,
     pub stats: PerCpuHashMap<MapData, StackKey, StackCounters>,
     pub live: HashMap<MapData, AllocKey, AllocInfo>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Second handles of `STACKS` and `STACK_STATS`, for deleting (aya's maps delete through
+    /// `&mut`).
+    reclaim: std::sync::Mutex<ReclaimHandles>,
 }
 
 impl Probes {
@@ -243,11 +250,23 @@ impl Probes {
             _ => anyhow::bail!("map {MAP_INFLIGHT} is not an LRU hash map"),
         };
         let inflight = HashMap::try_from(inflight_map)?;
+        let stacks: HashMap<MapData, u64, StackTrace> = HashMap::try_from(take(&mut ebpf, MAP_STACKS)?)?;
+        let stats: PerCpuHashMap<MapData, StackKey, StackCounters> =
+            PerCpuHashMap::try_from(take(&mut ebpf, MAP_STACK_STATS)?)?;
+        let reclaim = {
+            use aya::maps::{IterableMap, Map};
+            let again = |m: &MapData| -> Result<MapData> { Ok(MapData::from_id(m.info()?.id())?) };
+            (
+                HashMap::try_from(Map::HashMap(again(stacks.map())?))?,
+                PerCpuHashMap::try_from(Map::PerCpuHashMap(again(IterableMap::map(&stats))?))?,
+            )
+        };
         let tables = Tables {
-            stacks: HashMap::try_from(take(&mut ebpf, MAP_STACKS)?)?,
-            stats: PerCpuHashMap::try_from(take(&mut ebpf, MAP_STACK_STATS)?)?,
+            stacks,
+            stats,
             live: HashMap::try_from(take(&mut ebpf, MAP_LIVE_ALLOCS)?)?,
             counters: PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?)?,
+            reclaim: std::sync::Mutex::new(reclaim),
         };
         let ring = RingBuf::try_from(take(&mut ebpf, MAP_NEW_STACKS)?)?;
         let empty_programs = opts.empty_programs;
@@ -478,6 +497,21 @@ impl Tables {
 
     pub fn stack_ids(&self) -> Vec<u64> {
         self.stacks.keys().flatten().collect()
+    }
+
+    /// Deletes stacks of `pid` from `STACK_STATS` and `STACKS`, so that their room serves
+    /// new stacks (see `session::Reclaimer`). Returns the ids whose counters were deleted.
+    pub fn reclaim(&self, pid: u32, ids: &[u64]) -> Vec<u64> {
+        let mut maps = self.reclaim.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (stacks, stats) = &mut *maps;
+        let mut deleted = Vec::new();
+        for &stack_id in ids {
+            if stats.remove(&StackKey { tgid: pid, _pad: 0, stack_id }).is_ok() {
+                deleted.push(stack_id);
+            }
+            let _ = stacks.remove(&stack_id);
+        }
+        deleted
     }
 
     /// One health counter, summed over CPUs.

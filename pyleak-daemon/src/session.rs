@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
+use pyleak_common::StackCounters;
 
 use crate::{
     aggregate::{self, ResolvedStack},
@@ -114,6 +115,46 @@ struct Resolver {
     last_scan: Instant,
     /// `LostNewStackEvents` when last looked at (see [`Resolver::announcements_lost`]).
     lost_seen: u64,
+    reclaimer: Reclaimer,
+}
+
+/// How often, at most, the stacks are looked over for idle ones to reclaim.
+const RECLAIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Frees the kernel's room for stacks that hold nothing any more. `STACKS` and
+/// `STACK_STATS` only grow: every distinct stack a process ever allocates from takes an
+/// entry, so a service traced for days would fill them (`max_stacks`) and lose every new
+/// stack from then on. Once the stacks fill half of `max_stacks`, every [`RECLAIM_EVERY`]
+/// the stacks with nothing outstanding and no change since the previous look are deleted
+/// from both maps; their counters go to `retired` (the totals keep them), their names are
+/// forgotten (a stack that comes back is interned and named again).
+///
+/// The kernel's `stats_add` looks an entry up and then adds to it: an allocation on a stack
+/// in the very moment its entry is deleted (tens of nanoseconds, on a stack idle for a
+/// second or more) is added to the deleted entry and lost. That is the price of reclaiming
+/// while tracing goes on.
+struct Reclaimer {
+    /// `max_stacks`.
+    capacity: u32,
+    last_pass: Instant,
+    /// Stacks with nothing outstanding at the previous look, with their counters then.
+    idle: HashMap<u64, StackCounters>,
+    /// The counters of the stacks reclaimed, summed.
+    retired: StackCounters,
+    /// How many stacks were reclaimed.
+    reclaimed: u64,
+}
+
+impl Reclaimer {
+    fn new(capacity: u32) -> Reclaimer {
+        Reclaimer {
+            capacity,
+            last_pass: Instant::now(),
+            idle: HashMap::new(),
+            retired: StackCounters::default(),
+            reclaimed: 0,
+        }
+    }
 }
 
 impl Session {
@@ -193,6 +234,7 @@ impl Session {
             resolved: HashMap::new(),
             last_scan: Instant::now(),
             lost_seen: 0,
+            reclaimer: Reclaimer::new(opts.max_stacks),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let worker = spawn_worker(resolver.clone(), stop.clone());
@@ -307,6 +349,8 @@ impl Session {
             kernel_programs: self.bpf_stats.then(|| self.probes.program_costs()),
             resolved: &resolver.resolved,
             capacity: self.capacity,
+            retired: resolver.reclaimer.retired,
+            reclaimed: resolver.reclaimer.reclaimed,
         })
     }
 }
@@ -440,12 +484,45 @@ fn spawn_worker(resolver: Arc<Mutex<Resolver>>, stop: Arc<AtomicBool>) -> JoinHa
                 // again only when that count moved.
                 let rescan = r.last_scan.elapsed() >= RESCAN_EVERY && r.announcements_lost();
                 r.drain(rescan);
+                r.reclaim_idle();
             }
         })
         .expect("spawning the symbolizer thread")
 }
 
 impl Resolver {
+    /// One look over the stacks for idle ones to reclaim (see [`Reclaimer`]), when due.
+    fn reclaim_idle(&mut self) {
+        let r = &mut self.reclaimer;
+        if r.last_pass.elapsed() < RECLAIM_EVERY || (self.resolved.len() as u64) < u64::from(r.capacity) / 2 {
+            return;
+        }
+        r.last_pass = Instant::now();
+        let mut idle = HashMap::new();
+        let mut doomed = Vec::new();
+        for (id, c) in self.tables.stack_stats(self.pid) {
+            if c.allocations != c.frees {
+                continue; // something outstanding
+            }
+            if r.idle.get(&id) == Some(&c) {
+                doomed.push(id);
+            }
+            idle.insert(id, c);
+        }
+        for id in self.tables.reclaim(self.pid, &doomed) {
+            if let Some(c) = idle.remove(&id) {
+                r.retired.allocated_bytes = r.retired.allocated_bytes.wrapping_add(c.allocated_bytes);
+                r.retired.allocations = r.retired.allocations.wrapping_add(c.allocations);
+                r.retired.freed_bytes = r.retired.freed_bytes.wrapping_add(c.freed_bytes);
+                r.retired.frees = r.retired.frees.wrapping_add(c.frees);
+                r.reclaimed += 1;
+            }
+            self.resolved.remove(&id);
+        }
+        r.idle = idle;
+        tracing::debug!(pid = self.pid, reclaimed = r.reclaimed, "looked over the stacks for idle ones");
+    }
+
     /// Whether announcements of new stacks were lost (the ring was full) since the last call.
     fn announcements_lost(&mut self) -> bool {
         let lost = self.tables.counter(pyleak_common::Counter::LostNewStackEvents);

@@ -539,6 +539,30 @@ fn trace_a_process_whose_libraries_were_deleted() {
     assert!(traced > 0, "no interpreter with a shared libpython to test with");
 }
 
+/// many_stacks.py: thousands of distinct stacks over the trace, each used once, with room
+/// for 4096 at a time (--max-stacks). pyleak reclaims the idle ones as it goes (and says
+/// so), so the map never fills: nothing is lost, the leak made at the end is found whole,
+/// and the reclaimed stacks' allocations stay in the totals. Before, the map filled and
+/// every stack after that, the leak's included, was lost. The reclaiming does not depend on
+/// the interpreter: one is enough.
+#[test]
+fn trace_reclaims_idle_stacks_when_the_map_fills() {
+    let python = pythons().pop().expect("pythons() is never empty");
+    let path = script("many_stacks.py");
+    let leak = marker_line(&path, "LEAK");
+    let (low, high) = leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"));
+    let report = trace_scenario(&python, "many_stacks.py", &["--max-stacks", "4096", "--top", "20"]);
+    assert!(
+        report.json.python.notes.iter().any(|n| n.contains("were reclaimed to make room")),
+        "no stack was reclaimed: the test made too few\n{report}"
+    );
+    assert_between(report.bytes_at("many_stacks.py", leak), low, high, "leak bytes", &report);
+    // Every round allocated CHURN bytearrays of 100+ bytes, all freed; their stacks were
+    // reclaimed, their bytes are still in the totals.
+    let churn = script_const(&path, "ROUNDS") * script_const(&path, "CHURN") * 100;
+    assert!(report.json.totals.allocated_bytes >= churn, "allocated bytes forget reclaimed stacks\n{report}");
+}
+
 /// The outstanding-allocation map is sized for the mode, as the kernel holds it: exact mode
 /// keeps the default (1,048,576 entries, 112 MiB reserved at attach); sampled mode at
 /// 512 KiB takes room for 64 GiB outstanding (131,072 entries, 14 MiB), since it records a
