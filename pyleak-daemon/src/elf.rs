@@ -107,6 +107,23 @@ impl ElfImage {
         Ok(ElfImage { data, segments, symbols, functions, tls_symbols, dtpmod_slots, tls_segment, needed })
     }
 
+    /// This image reduced to what naming code addresses needs ([`ElfImage::function_at`],
+    /// [`ElfImage::offset_to_vaddr`]): the file's bytes and its symbol index by name go,
+    /// and other lookups find nothing. Kept per mapped library for a whole session, a whole
+    /// file (tens of MB for a big C extension) would be pyleak's largest allocation.
+    pub fn for_naming(self) -> ElfImage {
+        ElfImage {
+            data: Vec::new(),
+            segments: self.segments,
+            symbols: Default::default(),
+            functions: self.functions,
+            tls_symbols: Default::default(),
+            dtpmod_slots: Vec::new(),
+            tls_segment: None,
+            needed: Vec::new(),
+        }
+    }
+
     /// The function containing link-time address `vaddr`, and the offset into it. A symbol
     /// without a size (some assembly) contains everything up to the next symbol.
     pub fn function_at(&self, vaddr: u64) -> Option<(&str, u64)> {

@@ -36,7 +36,9 @@ impl NativeNamer {
         let file_offset = addr - m.start + m.offset;
         let library = m.path.clone();
         let image = self.images.entry(library.clone()).or_insert_with(|| {
-            ElfImage::open(&discovery::mapped_file_path(self.pid, &self.maps, &library)).ok()
+            ElfImage::open(&discovery::mapped_file_path(self.pid, &self.maps, &library))
+                .ok()
+                .map(ElfImage::for_naming)
         });
         let named = image.as_ref().and_then(|img| {
             let vaddr = img.offset_to_vaddr(file_offset)?;
