@@ -32,6 +32,17 @@ pub fn enter(size: u64, old_ptr: u64, kind: u32, ip: u64) {
             return;
         }
         Some(t) if t.finalizing != 0 => {
+            // Nothing new is recorded, but a call already in flight (another thread's, as
+            // the shutdown point was reached) keeps its nesting, so that this call's return
+            // is not taken for the outermost one's.
+            if let Some(record) = INFLIGHT.get_ptr_mut(&pid_tgid) {
+                // SAFETY: per-thread entry; only this thread touches it.
+                unsafe {
+                    if (*record).depth > 0 {
+                        (*record).depth += 1;
+                    }
+                }
+            }
             count(Counter::AfterFinalize);
             return;
         }
@@ -80,6 +91,12 @@ pub fn exit(ret: u64, ret_addr: u64) {
         }
     };
 
+    if target(tgid).is_some_and(|t| t.finalizing != 0) {
+        // An outermost call that began before the shutdown point and returns after it:
+        // counted as after it, like the frees it makes.
+        count(Counter::AfterFinalize);
+        return;
+    }
     let addr = if call.kind == CALL_REALLOC {
         if ret == 0 && call.size != 0 {
             // Failed: the old block is untouched and still owned by the caller.
