@@ -391,7 +391,7 @@ pub fn classify(e: &anyhow::Error) -> AttachFailure {
     for cause in e.chain() {
         if let Some(t) = cause.downcast_ref::<TargetError>() {
             return match t {
-                TargetError::NoSuchProcess { .. } => AttachFailure::Gone,
+                TargetError::NoSuchProcess { .. } | TargetError::Zombie { .. } => AttachFailure::Gone,
                 TargetError::PermissionDenied { .. } => AttachFailure::Permission,
                 TargetError::NotPython { .. } => AttachFailure::NotPython,
                 TargetError::UnsupportedVersion { .. }

@@ -25,9 +25,11 @@ pub struct Mapping {
 pub enum TargetError {
     #[error("no process with pid {pid}")]
     NoSuchProcess { pid: u32 },
+    #[error("pid {pid} has exited: a zombie its parent has not reaped yet, nothing left to trace")]
+    Zombie { pid: u32 },
     #[error("pid {pid} is a thread of process {tgid}, not a process: trace the process (--pid {tgid})")]
     Thread { pid: u32, tgid: u32 },
-    #[error("cannot read /proc/{pid} (permission denied): run pyleak as root, or with CAP_SYS_PTRACE")]
+    #[error("cannot read /proc/{pid} (permission denied): {}", permission_remedy())]
     PermissionDenied { pid: u32 },
     #[error(
         "pid {pid} ({exe}) is not a Python process: no libpython is mapped and the executable has no CPython runtime (_PyRuntime)"
@@ -43,6 +45,17 @@ pub enum TargetError {
         "pid {pid} runs a free-threaded (no-GIL) CPython build ({path}); pyleak does not support those yet: its objects, frames and bytecode are laid out differently"
     )]
     FreeThreaded { pid: u32, path: String },
+}
+
+/// What to do about a /proc entry that cannot be read: as root, nothing pyleak can do (the
+/// kernel protects the process: another namespace's init, a kernel thread, a lockdown).
+fn permission_remedy() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        "the kernel refuses it even to root (a protected process, such as another namespace's init or a kernel thread)"
+    } else {
+        "run pyleak as root, or with CAP_SYS_PTRACE"
+    }
 }
 
 /// A CPython version.
@@ -211,6 +224,9 @@ pub fn is_libc_name(path: &str) -> bool {
 /// Finds the interpreter in `pid`. Errors name the pid and what was missing.
 pub fn find_interpreter(pid: u32) -> anyhow::Result<Interpreter> {
     if !process_exists(pid) {
+        if is_zombie(pid) {
+            return Err(TargetError::Zombie { pid }.into());
+        }
         return Err(TargetError::NoSuchProcess { pid }.into());
     }
     if let Some(tgid) = thread_group(pid)
