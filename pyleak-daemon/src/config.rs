@@ -701,6 +701,10 @@ impl Target {
 
     /// A target that matches command lines where `regex` is found (the daemon's `--match`).
     pub fn from_cmdline_regex(regex: &str, origin: &str) -> Result<Target, String> {
+        if regex.is_empty() {
+            // It would match every process on the host, as an empty [[target]] would.
+            return Err("an empty pattern matches every process; give a pattern".to_string());
+        }
         let re = Regex::new(regex).map_err(|e| regex_message(regex, &e))?;
         Ok(Target { cmdline: Some(re), ..Target::empty(origin) })
     }
@@ -1051,6 +1055,7 @@ level = "debug"
         set.push(Target::from_pids(&[8], "--pid"));
         assert!(set.matches(&proc(8, "/x", &[], "")));
         set.push(Target::from_cmdline_regex("gunicorn", "--match").unwrap());
+        assert!(Target::from_cmdline_regex("", "--match").unwrap_err().contains("matches every process"));
         assert_eq!(set.first_match(&api()).unwrap().origin, "--match");
         let err = Target::from_cmdline_regex("(a", "--match").unwrap_err();
         assert_eq!(err, "invalid regex \"(a\": unclosed group");

@@ -122,7 +122,8 @@ fn handle(request: Request, state: &Mutex<State>) {
             _ => Reply::error(
                 404,
                 format!(
-                    "no such path {path}; try /metrics, /healthz, /api/processes, /api/report?pid=N, /flamegraph?pid=N"
+                    "no such path {}; try /metrics, /healthz, /api/processes, /api/report?pid=N, /flamegraph?pid=N",
+                    shorten(path)
                 ),
             ),
         }
@@ -130,15 +131,27 @@ fn handle(request: Request, state: &Mutex<State>) {
     if reply.status >= 400 {
         tracing::debug!(status = reply.status, url, "request refused");
     }
-    let header = Header::from_bytes("Content-Type", reply.content_type).expect("valid header");
+    let mut headers = vec![Header::from_bytes("Content-Type", reply.content_type).expect("valid header")];
+    if reply.status == 405 {
+        headers.push(Header::from_bytes("Allow", "GET, HEAD").expect("valid header"));
+    }
     let response = Response::new(
         reply.status.into(),
-        vec![header],
+        headers,
         Cursor::new(reply.body.clone()),
         Some(reply.body.len()),
         None,
     );
     let _ = request.respond(response);
+}
+
+/// A request path as an error message shows it: at most 100 characters (it comes from the
+/// client, and may be megabytes long).
+fn shorten(path: &str) -> String {
+    match path.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}...", &path[..cut]),
+        None => path.to_string(),
+    }
 }
 
 fn metrics_reply(state: &Mutex<State>, accept: Option<&str>) -> Reply {
