@@ -414,10 +414,15 @@ pub struct Detachable {
 
 impl Detachable {
     /// Detaches the probes. A thread inside a function whose return probe goes away keeps its
-    /// in-flight record nested forever (the return never runs), which would swallow its later
-    /// calls; so with return probes, the process's in-flight records are dropped afterwards.
-    /// A call in flight elsewhere at that moment loses its record: it is counted as an
-    /// unmatched return, and its block is not recorded.
+    /// in-flight record one level too deep for good (the return never runs), which would
+    /// swallow its later calls; so with return probes, such records are dropped afterwards.
+    /// Which ones: a record is stuck if its depth never comes back to 0 while it is watched
+    /// ([`STUCK_SAMPLES`] looks over [`STUCK_WATCH`]); a thread that allocates passes depth 0
+    /// between calls, one that waits (I/O, a lock) shows its stuck depth throughout. A record
+    /// in flight the whole time (one allocator call that long, or a thread inside calls at
+    /// every look) is dropped too: its call is counted as an unmatched return, and its block
+    /// is not recorded. Dropping every record of the process, as before, lost every call in
+    /// flight at that moment (a leak test's `ctypes` malloc loop lost two blocks of 1,500).
     pub fn detach(self) -> Result<()> {
         let Detachable { pid, mut links, returns, inflight_id } = self;
         // Entry programs first (the reverse of attaching: see `group_by_program`), so no
@@ -430,11 +435,33 @@ impl Detachable {
             let map =
                 aya::maps::Map::LruHashMap(MapData::from_id(inflight_id).context("opening INFLIGHT again")?);
             let mut inflight: HashMap<MapData, u64, Inflight> = HashMap::try_from(map)?;
-            clear_inflight(&mut inflight, pid);
+            let mut stuck: Option<Vec<u64>> = None;
+            for look in 0..STUCK_SAMPLES {
+                if look > 0 {
+                    std::thread::sleep(STUCK_WATCH / STUCK_SAMPLES);
+                }
+                let nested: Vec<u64> = inflight
+                    .iter()
+                    .flatten()
+                    .filter(|(k, v)| (k >> 32) as u32 == pid && v.depth > 0)
+                    .map(|(k, _)| k)
+                    .collect();
+                stuck = Some(match stuck {
+                    None => nested,
+                    Some(before) => before.into_iter().filter(|k| nested.contains(k)).collect(),
+                });
+            }
+            for k in stuck.unwrap_or_default() {
+                let _ = inflight.remove(&k);
+            }
         }
         Ok(())
     }
 }
+
+/// How many times, and over how long, [`Detachable::detach`] looks at the in-flight records.
+const STUCK_SAMPLES: u32 = 10;
+const STUCK_WATCH: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Tables {
     /// Per-stack counters of one process, summed over CPUs.
