@@ -55,6 +55,8 @@ pub enum Command {
     /// exit while the last stacks are named (its memory is gone a moment later). Follows
     /// the process, not processes it forks; if it execs another program, tracing ends
     /// there (the report covers the program before) and the command runs on to its end.
+    /// The command shares pyleak's standard output: the report follows what it printed
+    /// there, so use -o FILE to read the report (JSON, say) on its own.
     #[command(after_long_help = EXAMPLES)]
     Run {
         #[command(flatten)]

@@ -11,7 +11,10 @@ use std::{
     ffi::OsString,
     os::unix::process::CommandExt,
     process::Command,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::{Context, Result, bail};
@@ -41,6 +44,9 @@ pub fn install_interrupt_handler() {
         }
     }
 }
+
+/// How long `run` waits for its command to start Python before saying that it waits.
+const WAIT_NOTE_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How a child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,10 +129,31 @@ impl Child {
     /// (the C library's allocator is probed too; the dynamic linker maps it after libpython).
     fn advance_to_python(&mut self) -> Result<()> {
         let mut python = self.examine_exe()?;
+        // A command that is not Python (or not yet: a wrapper about to exec it) runs freely
+        // until its next exec or its exit; if that takes a while, say what pyleak waits for.
+        let started = Arc::new(AtomicBool::new(false));
+        if python.is_none() {
+            let (started, pid) = (started.clone(), self.pid);
+            let _ = std::thread::Builder::new().name("pyleak-wait-note".into()).spawn(move || {
+                std::thread::sleep(WAIT_NOTE_AFTER);
+                if !started.load(Ordering::SeqCst) {
+                    eprintln!(
+                        "pyleak: pid {pid} has not started a Python interpreter after {} s; waiting for it to exec one (pyleak run follows the process and its execs, not its children)",
+                        WAIT_NOTE_AFTER.as_secs()
+                    );
+                }
+            });
+        }
+        let result = self.advance_to_python_from(&mut python);
+        started.store(true, Ordering::SeqCst);
+        result
+    }
+
+    fn advance_to_python_from(&mut self, python: &mut Option<bool>) -> Result<()> {
         let mut steps = 0u32;
         let mut pending = 0;
         loop {
-            if let Some(needs_lib) = python {
+            if let Some(needs_lib) = *python {
                 if self.loaded(needs_lib) {
                     return Ok(());
                 }
@@ -147,7 +174,7 @@ impl Child {
                     "the command exited (status {code}) without running a Python interpreter; pyleak run follows the started process and its execs, not its children"
                 ),
                 Event::Killed(sig) => bail!("the command was killed by signal {sig} before Python started"),
-                Event::Exec => python = self.examine_exe()?,
+                Event::Exec => *python = self.examine_exe()?,
                 Event::Signal(sig) => pending = if self.is_group_stop() { 0 } else { sig },
                 Event::Syscall | Event::Exit | Event::Other => {}
             }

@@ -450,13 +450,15 @@ fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::
         if group_by == GroupBy::Traceback {
             writeln!(out)?;
         }
-        let avg = match stack.outstanding_allocations {
-            0 => String::new(),
-            n => format!(" (avg {})", human_bytes(stack.outstanding_bytes.div_ceil(n))),
+        // One block has no average to show.
+        let (avg, blocks) = match stack.outstanding_allocations {
+            0 => (String::new(), "blocks"),
+            1 => (String::new(), "block"),
+            n => (format!(" (avg {})", human_bytes(stack.outstanding_bytes.div_ceil(n))), "blocks"),
         };
         writeln!(
             out,
-            "#{}: {}: {} outstanding in {} blocks{avg}, {} allocated",
+            "#{}: {}: {} outstanding in {} {blocks}{avg}, {} allocated",
             i + 1,
             location(stack.frames.first(), group_by),
             human_bytes(stack.outstanding_bytes),
@@ -916,6 +918,11 @@ mod tests {
             "#2: /srv/db.py:7: 512 B outstanding in 2 blocks (avg 256 B), 2.0 KiB allocated\n    /srv/db.py:7 in query\n"
         ));
         assert!(text.is_ascii());
+        let one = report(vec![stack(700, 1, 700, vec![frame("/srv/db.py", 7, "query")])]);
+        assert!(
+            table(&shape(&one, &ReportOptions::default()).unwrap(), GroupBy::Line)
+                .contains("#1: /srv/db.py:7: 700 B outstanding in 1 block, 700 B allocated")
+        );
         r.totals.lost_events = 0;
         assert!(!table(&r, GroupBy::Traceback).contains("WARNING"));
     }
