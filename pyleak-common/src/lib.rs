@@ -185,6 +185,16 @@ pub struct StackCounters {
     pub frees: u64,
 }
 
+impl StackCounters {
+    /// Adds `other` field by field, wrapping (sums over CPUs, over reclaimed stacks).
+    pub fn add(&mut self, other: &StackCounters) {
+        self.allocated_bytes = self.allocated_bytes.wrapping_add(other.allocated_bytes);
+        self.allocations = self.allocations.wrapping_add(other.allocations);
+        self.freed_bytes = self.freed_bytes.wrapping_add(other.freed_bytes);
+        self.frees = self.frees.wrapping_add(other.frees);
+    }
+}
+
 /// `StackTrace::flags`: the walk stopped at the depth limit; outer frames are missing.
 pub const STACK_TRUNCATED: u32 = 1;
 /// `StackTrace::flags`: a frame could not be read; the frames before it are valid.

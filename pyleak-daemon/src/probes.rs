@@ -474,10 +474,7 @@ impl Tables {
             let Ok(per_cpu) = self.stats.get(&key, 0) else { continue };
             let mut sum = StackCounters::default();
             for c in per_cpu.iter() {
-                sum.allocated_bytes = sum.allocated_bytes.wrapping_add(c.allocated_bytes);
-                sum.allocations = sum.allocations.wrapping_add(c.allocations);
-                sum.freed_bytes = sum.freed_bytes.wrapping_add(c.freed_bytes);
-                sum.frees = sum.frees.wrapping_add(c.frees);
+                sum.add(c);
             }
             out.push((key.stack_id, sum));
         }

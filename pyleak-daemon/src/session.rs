@@ -511,10 +511,7 @@ impl Resolver {
         }
         for id in self.tables.reclaim(self.pid, &doomed) {
             if let Some(c) = idle.remove(&id) {
-                r.retired.allocated_bytes = r.retired.allocated_bytes.wrapping_add(c.allocated_bytes);
-                r.retired.allocations = r.retired.allocations.wrapping_add(c.allocations);
-                r.retired.freed_bytes = r.retired.freed_bytes.wrapping_add(c.freed_bytes);
-                r.retired.frees = r.retired.frees.wrapping_add(c.frees);
+                r.retired.add(&c);
                 r.reclaimed += 1;
             }
             self.resolved.remove(&id);
