@@ -491,23 +491,11 @@ impl Tables {
     /// (kernels without batch operations), deduplicated by address.
     pub fn live_blocks(&self, pid: u32) -> Vec<(u64, u64, u64, u64)> {
         use aya::maps::IterableMap;
-        let entries = match lookup_batch::<AllocKey, AllocInfo>(self.live.map().fd().as_fd()) {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::debug!("batch lookup of {MAP_LIVE_ALLOCS}: {e}; reading it key by key");
-                let unique: StdHashMap<u64, AllocInfo> = self
-                    .live
-                    .iter()
-                    .flatten()
-                    .filter(|(k, _)| k.tgid == pid)
-                    .map(|(k, v)| (k.addr, v))
-                    .collect();
-                return unique
-                    .into_values()
-                    .map(|v| (v.stack_id, v.size, v.timestamp_ns, v.count_weight))
-                    .collect();
-            }
-        };
+        let entries = lookup_batch::<AllocKey, AllocInfo>(self.live.map().fd().as_fd()).unwrap_or_else(|e| {
+            tracing::debug!("batch lookup of {MAP_LIVE_ALLOCS}: {e}; reading it key by key");
+            let unique: StdHashMap<AllocKey, AllocInfo> = self.live.iter().flatten().collect();
+            unique.into_iter().collect()
+        });
         entries
             .into_iter()
             .filter(|(k, _)| k.tgid == pid)
@@ -586,10 +574,12 @@ fn lookup_batch<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> std::io::Result
     // The bucket to resume from (the kernel's token is a u32 for hash maps; 8 bytes of room).
     let (mut token, mut next) = (0u64, 0u64);
     let mut first = true;
+    let (mut keys, mut values): (Vec<K>, Vec<V>) = (Vec::new(), Vec::new());
     loop {
-        // SAFETY: K and V are Pod (plain integers): all-zero values are valid.
-        let mut keys: Vec<K> = (0..chunk).map(|_| unsafe { std::mem::zeroed() }).collect();
-        let mut values: Vec<V> = (0..chunk).map(|_| unsafe { std::mem::zeroed() }).collect();
+        // The buffers serve every call, grown only when a bucket needs more room.
+        // SAFETY (both): K and V are Pod (plain integers): all-zero values are valid.
+        keys.resize(chunk, unsafe { std::mem::zeroed() });
+        values.resize(chunk, unsafe { std::mem::zeroed() });
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &raw const token as u64 },
             out_batch: &raw mut next as u64,
@@ -621,9 +611,7 @@ fn lookup_batch<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> std::io::Result
             None | Some(libc::ENOENT) => {}
             _ => return Err(err.unwrap_or_else(|| std::io::Error::other("batch lookup failed"))),
         }
-        keys.truncate(n);
-        values.truncate(n);
-        out.extend(keys.into_iter().zip(values));
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
         if err.is_some() {
             return Ok(out); // ENOENT: that was the last bucket
         }
