@@ -193,7 +193,7 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = GroupBy::Traceback)]
     pub group_by: GroupBy,
     /// Show only the N largest groups (N >= 1). Default: all.
-    #[arg(long, value_name = "N", value_parser = parse_top)]
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub top: Option<usize>,
     /// Count only blocks outstanding at least SECS seconds at the end of the trace: caches
     /// that churn fall away, leaks remain.
@@ -281,15 +281,8 @@ impl ReportArgs {
 
 fn parse_duration(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v <= MAX_SECONDS => Ok(v),
+        Ok(v) if v > 0.0 && seconds_in_range(v) => Ok(v),
         _ => Err(format!("expected a positive number of seconds, at most {MAX_SECONDS:e}, got {s:?}")),
-    }
-}
-
-fn parse_top(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("expected a number of groups, at least 1, got {s:?}")),
     }
 }
 
@@ -301,10 +294,15 @@ fn parse_min_age(s: &str) -> Result<f64, String> {
 /// bound keeps every deadline and every age in nanoseconds representable.
 pub const MAX_SECONDS: f64 = 1e9;
 
+/// Whether `v` is a number of seconds from 0 to [`MAX_SECONDS`] (not NaN, not infinite).
+pub fn seconds_in_range(v: f64) -> bool {
+    (0.0..=MAX_SECONDS).contains(&v)
+}
+
 /// A number of seconds from 0 to [`MAX_SECONDS`], or why not (without the input).
 pub fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if (0.0..=MAX_SECONDS).contains(&v) => Ok(v),
+        Ok(v) if seconds_in_range(v) => Ok(v),
         _ => Err(format!("expected a number of seconds from 0 to {MAX_SECONDS:e}")),
     }
 }

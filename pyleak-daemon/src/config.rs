@@ -500,7 +500,7 @@ fn compile_limits(src: &Source, raw: RawLimits) -> Result<Limits, ConfigError> {
         None => None,
         Some(v) => {
             let secs = *v.get_ref();
-            if !(0.0..=crate::cli::MAX_SECONDS).contains(&secs) {
+            if !crate::cli::seconds_in_range(secs) {
                 return Err(src.error(
                     v.span(),
                     "limits.min_age_secs",

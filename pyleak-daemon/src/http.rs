@@ -284,20 +284,8 @@ pub fn parse_report_query(query: &str, default_format: Format) -> Result<ReportQ
             }
             "format" => q.format = value_enum("format", v)?,
             "group_by" | "group-by" => q.group_by = value_enum("group_by", v)?,
-            "top" => {
-                let n = number("top", v)?;
-                if n == 0 {
-                    return Err("top: must be at least 1".into());
-                }
-                q.top = Some(n);
-            }
-            "frames" => {
-                let n = number("frames", v)?;
-                if n == 0 {
-                    return Err("frames: must be at least 1".into());
-                }
-                q.frames = Some(n);
-            }
+            "top" => q.top = Some(at_least_one("top", v)?),
+            "frames" => q.frames = Some(at_least_one("frames", v)?),
             "min_age" | "min-age" => match crate::cli::seconds(v) {
                 Ok(s) => q.min_age = Some(Duration::from_secs_f64(s)),
                 Err(e) => return Err(format!("min_age: {e}, got {v:?}")),
@@ -328,6 +316,14 @@ fn value_enum<T: ValueEnum>(name: &str, v: &str) -> Result<T, String> {
 
 fn number(name: &str, v: &str) -> Result<usize, String> {
     v.parse().map_err(|_| format!("{name}: expected a whole number, got {v:?}"))
+}
+
+/// [`number`], refusing 0 (a count of things to show).
+fn at_least_one(name: &str, v: &str) -> Result<usize, String> {
+    match number(name, v)? {
+        0 => Err(format!("{name}: must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 fn report_reply(state: &Mutex<State>, query: &str, default_format: Format) -> Reply {
