@@ -590,7 +590,7 @@ impl ProcInfo {
             move |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
         };
         let exe = fs::read_link(dir.join("exe")).map_err(with_path("exe"))?;
-        let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        let exe = match exe.to_str().and_then(|s| s.strip_suffix(crate::discovery::DELETED)) {
             Some(live) => PathBuf::from(live),
             None => exe,
         };

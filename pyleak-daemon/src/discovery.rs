@@ -186,7 +186,7 @@ pub fn mapped_file_path(pid: u32, maps: &[Mapping], path: &str) -> PathBuf {
 }
 
 /// What /proc/PID/maps appends to the path of a file unlinked since it was mapped.
-const DELETED: &str = " (deleted)";
+pub const DELETED: &str = " (deleted)";
 
 /// A shared library mapped by the target.
 pub struct Library {
