@@ -213,26 +213,31 @@ mod tests {
         StackCounters { allocated_bytes: n * 100, allocations: n, freed_bytes: 0, frees: 0 }
     }
 
+    /// Inputs of an exact-mode trace with nothing in it; each test sets what it is about.
+    fn inputs(resolved: &HashMap<u64, ResolvedStack>) -> Inputs<'_> {
+        Inputs {
+            pid: 7,
+            command: "python app.py".into(),
+            python: PythonInfo::default(),
+            duration: Duration::from_secs(2),
+            stats: vec![],
+            live: None,
+            sample_bytes: 0,
+            kernel_programs: None,
+            counters: vec![],
+            resolved,
+            capacity: CAPACITY,
+            retired: StackCounters::default(),
+            reclaimed: 0,
+        }
+    }
+
     #[test]
     fn reclaimed_stacks_stay_in_the_totals_and_are_said() {
         let mut resolved = HashMap::new();
         resolved.insert(1, ResolvedStack { frames: vec![frame("leak", 3)], flags: 0, native: None });
         let retired = StackCounters { allocated_bytes: 7000, allocations: 70, freed_bytes: 7000, frees: 70 };
-        let r = build(Inputs {
-            pid: 7,
-            command: "python app.py".into(),
-            python: PythonInfo::default(),
-            duration: Duration::from_secs(2),
-            stats: vec![(1, counters(10))],
-            live: None,
-            sample_bytes: 0,
-            kernel_programs: None,
-            counters: vec![],
-            resolved: &resolved,
-            capacity: CAPACITY,
-            retired,
-            reclaimed: 5,
-        });
+        let r = build(Inputs { stats: vec![(1, counters(10))], retired, reclaimed: 5, ..inputs(&resolved) });
         assert_eq!((r.totals.allocated_bytes, r.totals.freed_bytes), (8000, 7000));
         assert_eq!(r.totals.outstanding_bytes, 1000);
         assert_eq!(r.stacks.len(), 1);
@@ -251,19 +256,9 @@ mod tests {
         );
         let churn = StackCounters { allocated_bytes: 5000, allocations: 50, freed_bytes: 4900, frees: 49 };
         let r = build(Inputs {
-            pid: 7,
-            command: "python app.py".into(),
-            python: PythonInfo::default(),
-            duration: Duration::from_secs(2),
             stats: vec![(2, churn), (1, counters(10))],
-            live: None,
-            sample_bytes: 0,
-            kernel_programs: None,
             counters: vec![(Counter::LostLiveFull, 3), (Counter::Allocs, 99)],
-            resolved: &resolved,
-            capacity: CAPACITY,
-            retired: StackCounters::default(),
-            reclaimed: 0,
+            ..inputs(&resolved)
         });
         assert_eq!(r.stacks[0].frames[0].function, "leak");
         assert_eq!(r.stacks[0].outstanding_bytes, 1000);
@@ -286,21 +281,7 @@ mod tests {
     fn every_kind_of_loss_gets_a_note() {
         let resolved = HashMap::new();
         for &c in Counter::ALL.iter().filter(|c| c.is_loss()) {
-            let r = build(Inputs {
-                pid: 7,
-                command: String::new(),
-                python: PythonInfo::default(),
-                duration: Duration::from_secs(1),
-                stats: vec![],
-                live: None,
-                sample_bytes: 0,
-                kernel_programs: None,
-                counters: vec![(c, 5)],
-                resolved: &resolved,
-                capacity: CAPACITY,
-                retired: StackCounters::default(),
-                reclaimed: 0,
-            });
+            let r = build(Inputs { counters: vec![(c, 5)], ..inputs(&resolved) });
             assert_eq!(r.totals.lost_events, 5, "{c:?}");
             let notes: Vec<_> = r.python.notes.iter().filter(|n| n.contains("were not recorded")).collect();
             assert!(notes.len() == 1 && notes[0].starts_with("5 allocations"), "{c:?}: {notes:?}");
@@ -311,19 +292,10 @@ mod tests {
     fn min_age_counts_only_old_blocks_and_unresolved_is_visible() {
         let resolved = HashMap::new();
         let r = build(Inputs {
-            pid: 7,
-            command: String::new(),
-            python: PythonInfo::default(),
-            duration: Duration::from_secs(1),
             stats: vec![(1, counters(10))],
             live: Some(vec![(1, 100, 5, 1), (1, 100, 6, 1)]),
-            sample_bytes: 0,
-            kernel_programs: None,
             counters: vec![(Counter::LostStatsFull, 2), (Counter::LostStacksFull, 1)],
-            resolved: &resolved,
-            capacity: CAPACITY,
-            retired: StackCounters::default(),
-            reclaimed: 0,
+            ..inputs(&resolved)
         });
         assert_eq!(r.stacks[0].outstanding_bytes, 200);
         assert_eq!(r.stacks[0].outstanding_allocations, 2);
