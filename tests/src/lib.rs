@@ -1175,6 +1175,12 @@ pub fn leak_bounds(count: u64, payload: u64) -> (u64, u64) {
     (low, high)
 }
 
+/// [`leak_bounds`] for a scenario's own leak: its `LEAK_COUNT` objects of `LEAK_SIZE`
+/// payload bytes.
+pub fn script_leak_bounds(script: &Path) -> (u64, u64) {
+    leak_bounds(script_const(script, "LEAK_COUNT"), script_const(script, "LEAK_SIZE"))
+}
+
 /// Per-object header allowance in [`leak_bounds`] (a bytes object's header
 /// is 33 bytes on 64-bit CPython 3.11/3.12).
 pub const OBJECT_OVERHEAD: u64 = 64;

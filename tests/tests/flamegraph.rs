@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pyleak_e2e::{
-    Finished, Python, RUN_TIMEOUT, find_in_path, leak_bounds, marker_line, pyleak_command, pythons,
-    require_root, run_command, script, script_const, serial,
+    Finished, Python, RUN_TIMEOUT, find_in_path, marker_line, pyleak_command, pythons, require_root,
+    run_command, script, script_leak_bounds, serial,
 };
 
 const SCRIPT: &str = "run_leak.py";
@@ -50,7 +50,7 @@ fn run_format(python: &Python, format: &str, dir: &Path) -> (Vec<u8>, Finished) 
 /// The bounds of the leak's outstanding bytes, from run_leak.py's constants.
 fn leak_bytes_bounds() -> (u64, u64) {
     let path = script(SCRIPT);
-    leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"))
+    script_leak_bounds(&path)
 }
 
 /// `run_leak.py:LINE)`: how a frame at the leaking line ends in the folded and SVG formats.

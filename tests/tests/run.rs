@@ -14,6 +14,7 @@ use std::{
 use pyleak_e2e::{
     KillOnDrop, Python, Report, Tracer, assert_between, children_of, demo_script, for_each_python,
     leak_bounds, marker_line, probed_offsets, pyleak, pyleak_command, run_report, script, script_const,
+    script_leak_bounds,
 };
 
 const SCRIPT: &str = "run_leak.py";
@@ -30,7 +31,7 @@ fn leak_line() -> u32 {
 /// The whole leak of run_leak.py (it starts leaking at once), from its constants.
 fn leak_bytes_bounds() -> (u64, u64) {
     let path = script(SCRIPT);
-    leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"))
+    script_leak_bounds(&path)
 }
 
 fn assert_top_is_leak(report: &Report) {
@@ -78,7 +79,7 @@ fn run_reports_the_program_before_an_exec() {
             "no word of the exec\n{report}"
         );
         assert!(report.stderr.contains("exited with status 0"), "{report}");
-        let (low, high) = leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"));
+        let (low, high) = script_leak_bounds(&path);
         let old = marker_line(&path, "OLD");
         assert_between(report.bytes_at("run_reexec.py", old), low, high, "the old program's leak", &report);
         let new = marker_line(&path, "NEW");
@@ -97,7 +98,7 @@ fn run_counts_threads_that_outlive_the_main_thread() {
         let path = script("run_thread_outlives_main.py");
         let report = run_report(python, &path, &[], &[]);
         let leak = marker_line(&path, "LEAK");
-        let (low, high) = leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"));
+        let (low, high) = script_leak_bounds(&path);
         assert_between(
             report.bytes_at("run_thread_outlives_main.py", leak),
             low,

@@ -11,9 +11,9 @@
 use std::time::{Duration, Instant};
 
 use pyleak_e2e::{
-    Stack, Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds,
-    live_allocs_capacities, marker_line, pythons, require_root, script, script_const, serial, trace_scenario,
-    trace_work, tracemalloc_truth,
+    Python, Stack, Target, Tracer, assert_between, assert_close, for_each_python, leak_bounds,
+    live_allocs_capacities, marker_line, pythons, require_root, script, script_const, script_leak_bounds,
+    serial, trace_scenario, trace_work, tracemalloc_truth,
 };
 
 /// leak_basic.py: the top stack is the leak, with tracemalloc's bytes and
@@ -75,7 +75,7 @@ fn trace_attach_to_a_busy_thread_sees_its_later_allocations() {
         let path = script("busy_attach.py");
         let leak = marker_line(&path, "LEAK");
         let count = script_const(&path, "LEAK_COUNT");
-        let (low, high) = leak_bounds(count, script_const(&path, "LEAK_SIZE"));
+        let (low, high) = script_leak_bounds(&path);
         let report = trace_scenario(python, "busy_attach.py", &[]);
         let top = report.top();
         assert!(top.is_at("busy_attach.py", leak), "the top stack is not at busy_attach.py:{leak}\n{report}");
@@ -257,7 +257,7 @@ fn trace_target_exits_midway() {
     for_each_python(|python| {
         let path = script("exits_midway.py");
         let leak = marker_line(&path, "LEAK");
-        let (low, high) = leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"));
+        let (low, high) = script_leak_bounds(&path);
 
         let mut target = Target::ready(python, "exits_midway.py");
         let pid = target.pid();
@@ -455,18 +455,25 @@ fn trace_target_in_private_mount_namespace() {
 /// round's line at the same address. The script fails if no address was reused.
 #[test]
 fn trace_reused_code_addresses_keep_their_own_lines() {
+    // Round r's source starts with r blank lines; its leak is line 3 of round 0.
     for_each_python(|python| {
-        let path = script("reused_code.py");
-        let rounds = script_const(&path, "ROUNDS");
-        let (low, high) = leak_bounds(script_const(&path, "COUNT"), script_const(&path, "BLOCK"));
-        let report = trace_scenario(python, "reused_code.py", &["--group-by", "line", "--top", "100"]);
-        for round in 0..rounds {
-            // Round r's source starts with r blank lines; its leak is line 3 of round 0.
-            let line = 3 + round as u32;
-            let bytes = report.bytes_at("reused_code_gen.py", line);
-            assert_between(bytes, low, high, &format!("bytes at round {round}'s line {line}"), &report);
-        }
+        assert_each_round_at(python, "reused_code.py", |round| {
+            ("reused_code_gen.py".into(), 3 + round as u32)
+        })
     });
+}
+
+/// Traces a scenario of ROUNDS rounds, each keeping COUNT blocks of BLOCK bytes, grouped by
+/// line; asserts each round's bytes at its own place, `at(round)` (file basename, line).
+fn assert_each_round_at(python: &Python, script_name: &str, at: impl Fn(u64) -> (String, u32)) {
+    let path = script(script_name);
+    let (low, high) = leak_bounds(script_const(&path, "COUNT"), script_const(&path, "BLOCK"));
+    let report = trace_scenario(python, script_name, &["--group-by", "line", "--top", "100"]);
+    for round in 0..script_const(&path, "ROUNDS") {
+        let (file, line) = at(round);
+        let what = format!("bytes at round {round}'s {file}:{line}");
+        assert_between(report.bytes_at(&file, line), low, high, &what, &report);
+    }
 }
 
 /// reused_module_code.py: code objects freed and their addresses reused by code objects that
@@ -478,14 +485,7 @@ fn trace_reused_code_addresses_keep_their_own_lines() {
 #[test]
 fn trace_reused_code_addresses_keep_their_own_files() {
     for_each_python(|python| {
-        let path = script("reused_module_code.py");
-        let rounds = script_const(&path, "ROUNDS");
-        let (low, high) = leak_bounds(script_const(&path, "COUNT"), script_const(&path, "BLOCK"));
-        let report = trace_scenario(python, "reused_module_code.py", &["--group-by", "line", "--top", "100"]);
-        for round in 0..rounds {
-            let file = format!("reused_gen_{round}.py");
-            assert_between(report.bytes_at(&file, 3), low, high, &format!("bytes at {file}:3"), &report);
-        }
+        assert_each_round_at(python, "reused_module_code.py", |round| (format!("reused_gen_{round}.py"), 3))
     });
 }
 
@@ -520,10 +520,7 @@ fn trace_a_process_whose_libraries_were_deleted() {
 
         let report = trace_work(&mut target, &[]).stop();
         let leak = marker_line(&script("leak_basic.py"), "LEAK");
-        let (low, high) = leak_bounds(
-            script_const(&script("leak_basic.py"), "LEAK_COUNT"),
-            script_const(&script("leak_basic.py"), "LEAK_SIZE"),
-        );
+        let (low, high) = script_leak_bounds(&script("leak_basic.py"));
         assert_between(report.bytes_at("leak_basic.py", leak), low, high, "leak bytes", &report);
         assert!(
             report
@@ -550,7 +547,7 @@ fn trace_reclaims_idle_stacks_when_the_map_fills() {
     let python = pythons().pop().expect("pythons() is never empty");
     let path = script("many_stacks.py");
     let leak = marker_line(&path, "LEAK");
-    let (low, high) = leak_bounds(script_const(&path, "LEAK_COUNT"), script_const(&path, "LEAK_SIZE"));
+    let (low, high) = script_leak_bounds(&path);
     let report = trace_scenario(&python, "many_stacks.py", &["--max-stacks", "4096", "--top", "20"]);
     assert!(
         report.json.python.notes.iter().any(|n| n.contains("were reclaimed to make room")),
