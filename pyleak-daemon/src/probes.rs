@@ -435,23 +435,17 @@ impl Detachable {
             let map =
                 aya::maps::Map::LruHashMap(MapData::from_id(inflight_id).context("opening INFLIGHT again")?);
             let mut inflight: HashMap<MapData, u64, Inflight> = HashMap::try_from(map)?;
-            let mut stuck: Option<Vec<u64>> = None;
-            for look in 0..STUCK_SAMPLES {
-                if look > 0 {
-                    std::thread::sleep(STUCK_WATCH / STUCK_SAMPLES);
-                }
-                let nested: Vec<u64> = inflight
-                    .iter()
-                    .flatten()
-                    .filter(|(k, v)| (k >> 32) as u32 == pid && v.depth > 0)
-                    .map(|(k, _)| k)
-                    .collect();
-                stuck = Some(match stuck {
-                    None => nested,
-                    Some(before) => before.into_iter().filter(|k| nested.contains(k)).collect(),
-                });
+            let nested = |inflight: &HashMap<MapData, u64, Inflight>| -> Vec<u64> {
+                let of_pid = |(k, v): &(u64, Inflight)| (k >> 32) as u32 == pid && v.depth > 0;
+                inflight.iter().flatten().filter(of_pid).map(|(k, _)| k).collect()
+            };
+            let mut stuck = nested(&inflight);
+            for _ in 1..STUCK_SAMPLES {
+                std::thread::sleep(STUCK_WATCH / STUCK_SAMPLES);
+                let now = nested(&inflight);
+                stuck.retain(|k| now.contains(k));
             }
-            for k in stuck.unwrap_or_default() {
+            for k in stuck {
                 let _ = inflight.remove(&k);
             }
         }
