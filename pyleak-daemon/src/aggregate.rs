@@ -8,6 +8,7 @@ use pyleak_common::{
 };
 
 use crate::model::{Frame, NativeFrame, ProgramCost, PythonInfo, Report, StackStats, Totals};
+use crate::report::counted;
 
 /// A stack id's frames, symbolized.
 #[derive(Clone, Debug)]
@@ -110,32 +111,40 @@ pub fn build(inp: Inputs<'_>) -> Report {
     let unresolved = inp.stats.iter().filter(|(id, _)| !inp.resolved.contains_key(id)).count();
     if unresolved > 0 {
         python.notes.push(format!(
-            "{unresolved} stacks could not be symbolized (the process exited before their code objects were read)"
+            "{} not be symbolized (the process exited before their code objects were read)",
+            counted(unresolved as u64, "stack could", "stacks could")
         ));
     }
     if inp.reclaimed > 0 {
         python.notes.push(format!(
-            "{} stacks with nothing outstanding were reclaimed to make room for new ones (their allocations stay in the totals)",
-            inp.reclaimed
+            "{} reclaimed to make room for new ones (their allocations stay in the totals)",
+            counted(
+                inp.reclaimed,
+                "stack with nothing outstanding was",
+                "stacks with nothing outstanding were"
+            )
         ));
     }
     let truncated = counter(Counter::StacksTruncated);
     if truncated > 0 {
         python.notes.push(format!(
-            "{truncated} allocations had deeper stacks than the capture depth; their outer frames are cut"
+            "{} deeper than the capture depth; their outer frames are cut",
+            counted(truncated, "allocation's stack was", "allocations' stacks were")
         ));
     }
     let no_python = counter(Counter::NoPythonStack);
     if no_python > 0 {
         python.notes.push(format!(
-            "{no_python} allocations were made by threads not running Python code (native threads, or the GIL released)"
+            "{} by threads not running Python code (native threads, or the GIL released)",
+            counted(no_python, "allocation was made", "allocations were made")
         ));
     }
     let read_errors = counter(Counter::FrameReadErrors) + counter(Counter::TstateReadErrors);
     if read_errors > 0 {
-        python
-            .notes
-            .push(format!("{read_errors} stack captures hit an unreadable frame; those stacks are partial"));
+        python.notes.push(format!(
+            "{} an unreadable frame; those stacks are partial",
+            counted(read_errors, "stack capture hit", "stack captures hit")
+        ));
     }
     // One note per full map: which one, how large it was, and how to make it larger.
     let cap = inp.capacity;
@@ -160,7 +169,10 @@ pub fn build(inp: Inputs<'_>) -> Report {
         ),
     ] {
         if lost > 0 {
-            python.notes.push(format!("{lost} allocations were not recorded because {why}"));
+            python.notes.push(format!(
+                "{} not recorded because {why}",
+                counted(lost, "allocation was", "allocations were")
+            ));
         }
     }
 
@@ -281,10 +293,12 @@ mod tests {
     fn every_kind_of_loss_gets_a_note() {
         let resolved = HashMap::new();
         for &c in Counter::ALL.iter().filter(|c| c.is_loss()) {
-            let r = build(Inputs { counters: vec![(c, 5)], ..inputs(&resolved) });
-            assert_eq!(r.totals.lost_events, 5, "{c:?}");
-            let notes: Vec<_> = r.python.notes.iter().filter(|n| n.contains("were not recorded")).collect();
-            assert!(notes.len() == 1 && notes[0].starts_with("5 allocations"), "{c:?}: {notes:?}");
+            for (n, says) in [(5, "5 allocations were not recorded"), (1, "1 allocation was not recorded")] {
+                let r = build(Inputs { counters: vec![(c, n)], ..inputs(&resolved) });
+                assert_eq!(r.totals.lost_events, n, "{c:?}");
+                let notes: Vec<_> = r.python.notes.iter().filter(|n| n.contains("not recorded")).collect();
+                assert!(notes.len() == 1 && notes[0].starts_with(says), "{c:?}: {notes:?}");
+            }
         }
     }
 

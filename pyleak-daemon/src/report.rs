@@ -338,7 +338,8 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
     let mut python = report.python.clone();
     if filtered_stacks > 0 {
         python.notes.push(format!(
-            "--include/--exclude left out {filtered_stacks} stacks holding {} outstanding (counted in the totals)",
+            "--include/--exclude left out {} {} outstanding (counted in the totals)",
+            counted(filtered_stacks as u64, "stack holding", "stacks holding"),
             human_bytes(filtered_bytes)
         ));
     }
@@ -415,8 +416,8 @@ fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::
     if totals.lost_events > 0 {
         writeln!(
             out,
-            "WARNING: {} allocations were not recorded (a BPF map was full); totals exclude them",
-            totals.lost_events
+            "WARNING: {} not recorded (a BPF map was full); totals exclude them",
+            counted(totals.lost_events, "allocation was", "allocations were")
         )?;
     }
     if let Some(programs) = &report.kernel_programs {
@@ -527,6 +528,12 @@ fn or_unknown(s: &str) -> &str {
 }
 
 /// Bytes for people: `512 B`, `1.5 KiB`, `3.4 MiB`, `2.0 GiB` (GiB is the largest unit).
+/// `n` and the phrase that agrees with it: `counted(1, "stack was", "stacks were")` is
+/// "1 stack was", any other `n` takes `many`.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
     if bytes < 1024 {
@@ -767,7 +774,8 @@ mod tests {
         assert_eq!(shaped.stacks[0].frames, [handle(), main_frame()]);
         // The dropped stack is said, with its bytes; without filters nothing is.
         assert!(
-            shaped.python.notes.iter().any(|n| n == "--include/--exclude left out 1 stacks holding 1000 B outstanding (counted in the totals)"),
+            shaped.python.notes.iter().any(|n| n
+                == "--include/--exclude left out 1 stack holding 1000 B outstanding (counted in the totals)"),
             "{:?}",
             shaped.python.notes
         );
