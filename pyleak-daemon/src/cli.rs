@@ -150,7 +150,9 @@ pub struct DaemonArgs {
     /// The configuration file. Default: /etc/pyleak/pyleak.toml if it exists.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Serve HTTP on this address (overrides `listen`). Default 127.0.0.1:9464.
+    /// Serve HTTP on this address (overrides `listen`). Default 127.0.0.1:9464. Port 0 picks a
+    /// free port and logs it at start, for a one-off run; the configuration's `listen` needs a
+    /// fixed port, which Prometheus can scrape.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
     /// Also trace this process. Repeatable.

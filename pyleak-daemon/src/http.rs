@@ -26,6 +26,32 @@ use crate::{
 
 const WORKERS: usize = 4;
 
+/// Binds `listen`; a failure says what to change, by its cause.
+fn bind(listen: SocketAddr) -> Result<tiny_http::Server> {
+    tiny_http::Server::http(listen).map_err(|e| {
+        let kind = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+        anyhow::anyhow!("{e}").context(format!("cannot listen on {listen} ({})", bind_hint(kind, listen)))
+    })
+}
+
+/// What to do about a failed bind, by its cause.
+fn bind_hint(kind: Option<std::io::ErrorKind>, listen: SocketAddr) -> String {
+    use std::io::ErrorKind::*;
+    let change = "set listen in the configuration, or --listen";
+    match kind {
+        Some(AddrInUse) => {
+            format!("another program, perhaps another pyleak daemon, holds port {}; {change}", listen.port())
+        }
+        Some(AddrNotAvailable) => {
+            format!("no network interface of this host has the address {}; {change}", listen.ip())
+        }
+        Some(PermissionDenied) => format!(
+            "ports below 1024 need CAP_NET_BIND_SERVICE; choose a port of 1024 or above ({change}), or grant the capability"
+        ),
+        _ => change.to_string(),
+    }
+}
+
 pub struct Server {
     server: Arc<tiny_http::Server>,
     workers: Vec<JoinHandle<()>>,
@@ -35,9 +61,7 @@ pub struct Server {
 impl Server {
     /// Binds `listen` and starts serving `state`.
     pub fn start(listen: SocketAddr, state: Arc<Mutex<State>>) -> Result<Server> {
-        let server = tiny_http::Server::http(listen)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("cannot listen on {listen} (is another pyleak daemon running? set listen in the config or --listen)"))?;
+        let server = bind(listen)?;
         let addr = server.server_addr().to_ip().unwrap_or(listen);
         let server = Arc::new(server);
         let workers = (0..WORKERS)
@@ -377,6 +401,22 @@ fn content_type(format: Format) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_bind_says_what_to_change() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = held.local_addr().unwrap();
+        let msg = format!("{:#}", bind(taken).err().unwrap());
+        assert!(
+            msg.contains(&format!("perhaps another pyleak daemon, holds port {}", taken.port())),
+            "{msg}"
+        );
+        // TEST-NET-1 (RFC 5737): no interface has it.
+        let absent: SocketAddr = "192.0.2.1:9464".parse().unwrap();
+        let msg = format!("{:#}", bind(absent).err().unwrap());
+        assert!(msg.contains("no network interface of this host has the address 192.0.2.1"), "{msg}");
+        assert!(!msg.contains("another pyleak"), "{msg}");
+    }
 
     #[test]
     fn report_query_parses_every_option() {
