@@ -8,7 +8,7 @@ use crate::report::{Format, GroupBy, ReportOptions};
 const EXAMPLES: &str = "\
 Examples:
   Trace a running service for 30 seconds and show the lines holding the most memory:
-    sudo pyleak trace --pid 4242 --duration 30
+    sudo pyleak trace --pid 4242 --duration 30 --group-by line
 
   Start a program under pyleak and report what it never freed:
     sudo pyleak run -- python3.12 app.py
@@ -97,9 +97,12 @@ pub enum Command {
     ///
     /// Attaches to every matching process, running or started later (they are seen as they
     /// exec), releases each when it exits, and serves on HTTP (loopback by default):
-    /// /metrics (Prometheus/OpenMetrics), /healthz, /api/processes, /api/report?pid=N&...
-    /// (the report options below as query parameters) and /flamegraph?pid=N&format=svg|
-    /// folded|pprof. SIGHUP reloads the configuration; SIGTERM detaches and exits 0. Under
+    /// /metrics (Prometheus/OpenMetrics), /healthz, /api/processes,
+    /// /api/report?pid=N&... (query parameters format, group_by, top, min_age, include,
+    /// exclude, frames: the report options of `pyleak trace`; JSON by default) and
+    /// /flamegraph?pid=N&format=svg|folded|pprof. SIGHUP reloads the targets and limits
+    /// (limits apply to processes attached after it; listen and the log level need a
+    /// restart); SIGTERM detaches and exits 0. Under
     /// systemd (Type=notify) it reports readiness once the first targets are attached, and
     /// feeds the watchdog.
     #[command(after_long_help = DAEMON_EXAMPLES)]
@@ -160,7 +163,7 @@ pub struct DaemonArgs {
     pub pid: Vec<u32>,
     /// Also trace processes whose command line (arguments joined by spaces) matches REGEX.
     /// Repeatable.
-    #[arg(short, long = "match", value_name = "REGEX")]
+    #[arg(short, long = "match", value_name = "REGEX", value_parser = parse_match)]
     pub matches: Vec<String>,
 }
 
@@ -203,11 +206,11 @@ pub struct ReportArgs {
     pub min_age: Option<f64>,
     /// Keep only stacks with a frame whose file matches GLOB (a pattern without '/' also
     /// matches the file's base name). Repeatable.
-    #[arg(long, value_name = "GLOB")]
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
     pub include: Vec<String>,
     /// Drop frames whose file matches GLOB, charging their memory to the nearest caller
     /// left (e.g. --exclude '*/site-packages/*'). Repeatable.
-    #[arg(long, value_name = "GLOB")]
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
     pub exclude: Vec<String>,
     /// Show at most N frames per stack, innermost first.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -224,7 +227,7 @@ pub struct CaptureArgs {
           value_parser = clap::value_parser!(u32).range(1..=pyleak_common::MAX_FRAMES as i64))]
     pub stack_depth: u32,
     /// Most outstanding allocations tracked at once [default: 1048576; with --sample-bytes,
-    /// room for 64 GiB outstanding: 131072 at 512KiB]. Beyond it new ones are counted as
+    /// room for 64 GiB outstanding, at most 1048576: 131072 at 512KiB]. Beyond it new ones are counted as
     /// lost (reported, never silently dropped). Kernel memory: 112 bytes each, reserved at
     /// attach (112 MiB at 1048576, 14 MiB at 131072).
     /// At most 67108864 (7 GiB).
@@ -286,6 +289,17 @@ fn parse_duration(s: &str) -> Result<f64, String> {
         Ok(v) if v > 0.0 && seconds_in_range(v) => Ok(v),
         _ => Err(format!("expected a positive number of seconds, at most {MAX_SECONDS:e}, got {s:?}")),
     }
+}
+
+/// A `--include`/`--exclude` pattern, refused while parsing (a usage error, exit 2) if it
+/// does not compile.
+fn parse_glob(s: &str) -> Result<String, String> {
+    globset::Glob::new(s).map(|_| s.to_string()).map_err(|e| e.kind().to_string())
+}
+
+/// A `--match` pattern, checked as the daemon will compile it.
+fn parse_match(s: &str) -> Result<String, String> {
+    crate::config::Target::from_cmdline_regex(s, "--match").map(|_| s.to_string())
 }
 
 fn parse_min_age(s: &str) -> Result<f64, String> {

@@ -147,6 +147,10 @@ fn usage_errors_exit_2() {
         &["trace", "--pid", "not-a-pid"],               // not a number
         &["trace", "--pid", "1", "--top", "many"],      // not a number
         &["run", "--format", "json"],                   // no command to run
+        &["trace", "--pid", "1", "--include", "["],     // a glob that does not compile
+        &["run", "--exclude", "a{b", "--", "true"],     // the same, on run
+        &["daemon", "--match", ""],                     // would match every process
+        &["daemon", "--match", "(a"],                   // a regex that does not compile
         &["no-such-subcommand"],
     ];
     for args in cases {
