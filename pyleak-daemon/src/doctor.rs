@@ -55,15 +55,7 @@ fn host_checks() -> Vec<Check> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let release = release.trim();
     let (major, minor) = kernel_version(release);
-    checks.push(Check {
-        name: "kernel",
-        ok: (major, minor) >= (5, 17),
-        detail: if (major, minor) >= (5, 17) {
-            format!("{release} (bpf_loop needs 5.17+)")
-        } else {
-            format!("{release}: too old, the stack walk needs bpf_loop (Linux 5.17+)")
-        },
-    });
+    checks.push(kernel_check(release, (major, minor)));
     let btf_path = Path::new(btf::SYS_FS_VMLINUX);
     checks.push(match btf::task_fsbase_offset() {
         Ok(off) => Check {
@@ -122,6 +114,25 @@ fn host_checks() -> Vec<Check> {
         },
     });
     checks
+}
+
+/// The oldest kernel pyleak runs on: probes attach through uprobe_multi links (6.6), the
+/// stack walk uses bpf_loop (5.17).
+const MIN_KERNEL: (u32, u32) = (6, 6);
+
+fn kernel_check(release: &str, version: (u32, u32)) -> Check {
+    let (major, minor) = MIN_KERNEL;
+    Check {
+        name: "kernel",
+        ok: version >= MIN_KERNEL,
+        detail: if version >= MIN_KERNEL {
+            format!("{release} (uprobe_multi links need {major}.{minor}+)")
+        } else {
+            format!(
+                "{release}: too old, pyleak attaches its probes with uprobe_multi links (Linux {major}.{minor}+)"
+            )
+        },
+    }
 }
 
 fn kernel_version(release: &str) -> (u32, u32) {
@@ -254,6 +265,9 @@ mod tests {
         assert_eq!(kernel_version("6.18.44-fc-v669"), (6, 18));
         assert_eq!(kernel_version("5.4.0"), (5, 4));
         assert_eq!(kernel_version(""), (0, 0));
+        assert!(kernel_check("6.6.0", (6, 6)).ok);
+        let old = kernel_check("6.1.0-18-amd64", (6, 1));
+        assert!(!old.ok && old.detail.contains("uprobe_multi links (Linux 6.6+)"), "{}", old.detail);
     }
 
     #[test]

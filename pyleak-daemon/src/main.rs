@@ -5,10 +5,11 @@
 //! - `discovery`, `elf`: finding the interpreter in a process and reading its files;
 //! - `python`: per-version layouts, line tables, the kernel's per-process target, symbolization;
 //! - `probes`: loading and attaching the kernel programs, reading their maps; `exec_watch`:
-//!   the exec tracepoint (the only aya users);
+//!   the exec tracepoint;
 //! - `planner`, `sites`: which functions are probed (allocator-table targets or public entry
 //!   points) and on which instruction (the probe-site planner);
-//! - `btf`: kernel struct offsets the programs need;
+//! - `btf`: kernel struct offsets the programs need; `procmem`: reading a target's memory;
+//! - `sampling`: the user side of `--sample-bytes`;
 //! - `doctor`: what the host and a target support, and why not;
 //! - `session`: one traced process from attach to report; `launch`: starting one for `run`;
 //! - `native`: naming the C function behind a direct C-library allocation;

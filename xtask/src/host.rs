@@ -244,9 +244,9 @@ pub fn demo_python() -> Result<(PathBuf, String)> {
         None => match find_on_path("python3") {
             Some(p) => (
                 p,
-                "python3 on PATH: no pyenv CPython 3.11 or 3.12 found; pyleak supports \
-                 pyenv-style 3.11 and 3.12 builds, so install one with `pyenv install 3.12` \
-                 if this one is not"
+                "python3 on PATH: no pyenv CPython 3.11 or 3.12 found, which the demo \
+                 prefers; if this one is stripped or LTO-built, install one with \
+                 `pyenv install 3.12`"
                     .into(),
             ),
             None => bail!("no CPython found for the demo: install one with `pyenv install 3.12`"),

@@ -38,8 +38,9 @@ enum Task {
     /// Install what building pyleak needs and check what tracing needs (idempotent)
     ///
     /// Installs, when missing: the Rust toolchains 1.98.0 (clippy, rustfmt) and
-    /// nightly-2026-06-25 (rust-src) with rustup, the Debian package llvm-22-dev (as root, with
-    /// apt-get), and bpf-linker 0.13.0 built against LLVM 22 (cargo install, about a minute).
+    /// nightly-2026-06-25 (rust-src) with rustup, the Debian packages llvm-22-dev, golang-go,
+    /// prometheus and systemd (as root, with apt-get), and bpf-linker 0.13.0 built against
+    /// LLVM 22 (cargo install, about a minute).
     /// Then checks, without failing: root or CAP_SYS_ADMIN, kernel BTF, the uprobe PMU, and
     /// which CPython interpreters the tests can use. Takes a few seconds when all is present.
     Setup,
