@@ -227,9 +227,9 @@ pub struct CaptureArgs {
           value_parser = clap::value_parser!(u32).range(1..=pyleak_common::MAX_FRAMES as i64))]
     pub stack_depth: u32,
     /// Most outstanding allocations tracked at once [default: 1048576; with --sample-bytes,
-    /// room for 64 GiB outstanding, at most 1048576: 131072 at 512KiB]. Beyond it new ones are counted as
-    /// lost (reported, never silently dropped). Kernel memory: 112 bytes each, reserved at
-    /// attach (112 MiB at 1048576, 14 MiB at 131072).
+    /// room for 64 GiB outstanding, at most 1048576: 131072 at 512KiB]. Beyond it new ones
+    /// are counted as lost (reported, never silently dropped). Kernel memory: 112 bytes
+    /// each, reserved at attach (112 MiB at 1048576, 14 MiB at 131072).
     /// At most 67108864 (7 GiB).
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=pyleak_common::MAX_LIVE_ALLOCS as i64))]

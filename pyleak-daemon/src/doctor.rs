@@ -54,8 +54,7 @@ fn host_checks() -> Vec<Check> {
     let mut checks = Vec::new();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let release = release.trim();
-    let (major, minor) = kernel_version(release);
-    checks.push(kernel_check(release, (major, minor)));
+    checks.push(kernel_check(release, kernel_version(release)));
     let btf_path = Path::new(btf::SYS_FS_VMLINUX);
     checks.push(match btf::task_fsbase_offset() {
         Ok(off) => Check {
