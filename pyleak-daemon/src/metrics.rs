@@ -202,10 +202,12 @@ impl Format {
     }
 
     /// The format for a request's `Accept` header: OpenMetrics unless `text/plain` is
-    /// preferred to it (by q-value) or it is not accepted at all while `text/plain` is. No
-    /// header, or only `*/*`, gets OpenMetrics.
+    /// preferred to it (by q-value) or it is refused (`q=0`). Each format takes the q-value of
+    /// the most specific range that covers it (`text/plain`, then `text/*`, then `*/*`; RFC 9110
+    /// §12.5.1). No header, or none that covers either format, gets OpenMetrics.
     pub fn negotiate(accept: Option<&str>) -> Format {
-        let (mut openmetrics, mut text) = (None::<f32>, None::<f32>);
+        // Per format: the q of its exact type, of its `type/*` range, of `*/*`.
+        let (mut openmetrics, mut text) = ([None::<f32>; 3], [None::<f32>; 3]);
         for range in accept.unwrap_or("").split(',') {
             let mut parts = range.split(';').map(str::trim);
             let media = parts.next().unwrap_or("").to_ascii_lowercase();
@@ -213,17 +215,23 @@ impl Format {
                 .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
                 .find_map(|q| q.trim().parse::<f32>().ok())
                 .unwrap_or(1.0);
-            let slot = match media.as_str() {
-                "application/openmetrics-text" => &mut openmetrics,
-                "text/plain" => &mut text,
+            let slots = match media.as_str() {
+                "application/openmetrics-text" => [Some(&mut openmetrics[0]), None],
+                "text/plain" => [None, Some(&mut text[0])],
+                "application/*" => [Some(&mut openmetrics[1]), None],
+                "text/*" => [None, Some(&mut text[1])],
+                "*/*" => [Some(&mut openmetrics[2]), Some(&mut text[2])],
                 _ => continue,
             };
-            *slot = Some(slot.map_or(q, |old| old.max(q)));
+            for slot in slots.into_iter().flatten() {
+                *slot = Some(slot.map_or(q, |old| old.max(q)));
+            }
         }
-        match (openmetrics, text) {
-            (Some(om), Some(t)) if t > om => Format::PrometheusText,
-            (Some(om), _) if om > 0.0 => Format::OpenMetrics,
-            (_, Some(t)) if t > 0.0 => Format::PrometheusText,
+        let most_specific = |qs: [Option<f32>; 3]| qs.into_iter().flatten().next();
+        match (most_specific(openmetrics), most_specific(text)) {
+            (om, Some(t)) if t > 0.0 && t > om.unwrap_or(0.0) => Format::PrometheusText,
+            // OpenMetrics refused, and nothing said of text: text is the one left.
+            (Some(om), None) if om <= 0.0 => Format::PrometheusText,
             _ => Format::OpenMetrics,
         }
     }
@@ -986,6 +994,13 @@ mod tests {
         assert_eq!(Format::negotiate(Some("application/openmetrics-text; q=0, text/plain")), PrometheusText);
         assert_eq!(Format::negotiate(Some("Application/OpenMetrics-Text; version=1.0.0")), OpenMetrics);
         assert_eq!(Format::negotiate(Some("text/html,application/xhtml+xml")), OpenMetrics);
+        // q=0 refuses a type (RFC 9110 §12.4.2); a range covers the types under it.
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), PrometheusText);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0, */*")), PrometheusText);
+        assert_eq!(Format::negotiate(Some("text/*")), PrometheusText);
+        assert_eq!(Format::negotiate(Some("text/*;q=0.5, */*")), OpenMetrics);
+        assert_eq!(Format::negotiate(Some("application/*, text/plain;q=0.9")), OpenMetrics);
+        assert_eq!(Format::negotiate(Some("text/plain;q=0, */*")), OpenMetrics);
         assert!(OpenMetrics.content_type().starts_with("application/openmetrics-text; version=1.0.0"));
         assert_eq!(PrometheusText.content_type(), "text/plain; version=0.0.4; charset=utf-8");
     }
