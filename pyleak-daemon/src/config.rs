@@ -604,10 +604,14 @@ impl ProcInfo {
             Some((last, rest)) if last.is_empty() => rest.to_vec(),
             _ => cmdline,
         };
-        let cgroup = fs::read_to_string(dir.join("cgroup")).map_err(with_path("cgroup"))?;
+        // Lossy, as the command line: a name need not be UTF-8, and the kernel cuts `comm` at
+        // 15 bytes, mid-character if it must. A strict read would drop the process unseen.
+        let cgroup = fs::read(dir.join("cgroup")).map_err(with_path("cgroup"))?;
+        let cgroup = String::from_utf8_lossy(&cgroup);
         let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("").to_string();
-        let comm = fs::read_to_string(dir.join("comm")).map_err(with_path("comm"))?;
-        Ok(ProcInfo { pid, exe, cmdline, cgroup, comm: comm.trim_end_matches('\n').to_string() })
+        let comm = fs::read(dir.join("comm")).map_err(with_path("comm"))?;
+        let comm = String::from_utf8_lossy(&comm).trim_end_matches('\n').to_string();
+        Ok(ProcInfo { pid, exe, cmdline, cgroup, comm })
     }
 }
 
@@ -1149,6 +1153,26 @@ level = "debug"
         let gone = ProcInfo::read(u32::MAX).unwrap_err();
         assert_eq!(gone.kind(), io::ErrorKind::NotFound);
         assert!(gone.to_string().contains(&format!("/proc/{}/exe", u32::MAX)), "{gone}");
+    }
+
+    /// A process whose name is not UTF-8 (set with PR_SET_NAME, or cut mid-character at 15
+    /// bytes) is still read, so the daemon can match and trace it.
+    #[test]
+    fn a_name_that_is_not_utf8_is_read() {
+        use std::io::Write;
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", r#"printf 'py\xe2\x82' > /proc/self/comm && echo set && read _"#])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        io::BufRead::read_line(&mut io::BufReader::new(child.stdout.take().unwrap()), &mut said).unwrap();
+        assert_eq!(said, "set\n");
+        let info = ProcInfo::read(child.id());
+        let _ = child.stdin.take().unwrap().write_all(b"\n");
+        child.wait().unwrap();
+        assert_eq!(info.unwrap().comm, "py\u{fffd}");
     }
 
     #[test]
