@@ -461,8 +461,9 @@ fn profile(report: &Report, now: SystemTime) -> Vec<u8> {
     p.int(field::PROFILE_TIME_NANOS, time_nanos)
         .int(field::PROFILE_DURATION_NANOS, nanos(duration))
         .message(field::PROFILE_PERIOD_TYPE, &period_type)
-        // Every allocation is recorded, none sampled.
-        .int(field::PROFILE_PERIOD, 1)
+        // Bytes between samples: 1 when every allocation is recorded, else --sample-bytes
+        // (the values are estimates, scaled up), as Go's heap profiles carry MemProfileRate.
+        .int(field::PROFILE_PERIOD, report.sample_bytes.map_or(1, |r| i64::try_from(r).unwrap_or(i64::MAX)))
         .packed(field::PROFILE_COMMENT, &comments)
         .int(field::PROFILE_DEFAULT_SAMPLE_TYPE, default_sample_type);
     p.0
@@ -905,6 +906,8 @@ mod tests {
         assert_eq!(d.default_sample_type, "inuse_space");
         assert_eq!(d.period_type, ("space".to_string(), "bytes".to_string()));
         assert_eq!(d.period, 1);
+        let sampled = Report { sample_bytes: Some(524_288), ..sample_report() };
+        assert_eq!(decode(&pprof(&sampled).unwrap()).period, 524_288);
         assert_eq!(d.mapping_file, "/usr/lib/libpython3.12.so.1.0");
         assert_eq!(d.duration_nanos, 12_500_000_000);
         assert!(d.time_nanos > 1_600_000_000 * 1_000_000_000, "time_nanos is a recent wall time");
