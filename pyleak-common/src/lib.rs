@@ -118,6 +118,10 @@ pub const GLOBAL_MAX_DEPTH: &str = "MAX_DEPTH";
 /// Loader-set global: byte offset of `task_struct.thread.fsbase` in the running kernel
 /// (from BTF), used to find the calling thread's TLS block and `pthread_self()`.
 pub const GLOBAL_FSBASE_OFFSET: &str = "FSBASE_OFFSET";
+/// Loader-set global: 1 in the exec watcher's object, whose tracepoint announces every exec
+/// on the host in [`MAP_EXEC_EVENTS`]; 0 in a traced process's object, whose tracepoint only
+/// stops the counting of its own process (see [`PyTarget::finalizing`]).
+pub const GLOBAL_ANNOUNCE_EXECS: &str = "ANNOUNCE_EXECS";
 
 /// Entry program for `malloc`-like functions: `void *f(size_t size)`.
 pub const PROG_MALLOC_ENTER: &str = "malloc_enter";
@@ -339,6 +343,11 @@ pub const fn cookie_word(cookie: u64, i: u32) -> Option<u32> {
     if byte == 0 || byte > PT_REGS_WORDS { None } else { Some(byte - 1) }
 }
 
+/// [`PyTarget::finalizing`]: the interpreter entered its shutdown point.
+pub const FROZEN_AT_FINALIZE: u32 = 1;
+/// [`PyTarget::finalizing`]: the process replaced its program (execve).
+pub const FROZEN_AT_EXEC: u32 = 2;
+
 /// Where the kernel programs find one traced process's Python state: addresses already
 /// relocated into the target's address space, and the struct offsets of its CPython version.
 /// Built by the user side (`python::layout`), one per process, in [`MAP_TARGETS`].
@@ -400,9 +409,12 @@ pub struct PyTarget {
     /// Offset of `specific_1stblock` in the C library's `struct pthread` (glibc 2.36: 0x310),
     /// for `pthread_getspecific` emulation; [`ABSENT`] disables the fallback.
     pub pthread_specific: i32,
-    /// Set to 1 by the kernel side when the interpreter enters `Py_FinalizeEx`: from then on
-    /// the process's allocations and frees are ignored, so the report shows what the program
-    /// left allocated when it finished, not what shutdown tore down.
+    /// Set by the kernel side when counting stops for good: [`FROZEN_AT_FINALIZE`] when the
+    /// interpreter enters `Py_FinalizeEx` (the report shows what the program left allocated
+    /// when it finished, not what shutdown tore down), [`FROZEN_AT_EXEC`] when the process
+    /// replaced its program (the probes may still fire in the new program when it maps the
+    /// same files, but its addresses are not the ones registered here). From then on the
+    /// process's allocations and frees are ignored. 0: counting.
     pub finalizing: u32,
     /// When set (only for a child started by `pyleak run`, which pyleak ptraces), entering
     /// `Py_FinalizeEx` also stops the calling thread with SIGSTOP, so the user side can name

@@ -10,7 +10,6 @@ use anyhow::{Context, Result, bail};
 use crate::{
     cli::{CaptureArgs, ReportArgs},
     discovery,
-    exec_watch::ExecWatcher,
     launch::{self, Child, INTERRUPTED},
     model::Report,
     probes::LoadOptions,
@@ -42,21 +41,8 @@ pub fn trace(pid: u32, duration: Option<f64>, rep: &ReportArgs, cap: &CaptureArg
     // Validate the report options before attaching, so a typo costs nothing.
     check_report_args(rep)?;
     launch::install_interrupt_handler();
-    // A process that execs keeps its pid but is a new program: the probes, addresses and
-    // blocks traced are the old one's, so the trace ends there, as at an exit. Watched from
-    // before the attach, so no exec after it goes unseen.
-    let mut execs = match ExecWatcher::start() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::debug!("not watching for execve (the trace goes on after one): {e:#}");
-            None
-        }
-    };
     let session = Session::attach_with(pid, load_options(cap), !cap.no_planner, false)
         .with_context(|| format!("cannot trace pid {pid}"))?;
-    if let Some(w) = execs.as_mut() {
-        w.drain(); // execs before the attach finished: the program attached to is the new one
-    }
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
     announce(
         &session,
@@ -71,7 +57,10 @@ pub fn trace(pid: u32, duration: Option<f64>, rep: &ReportArgs, cap: &CaptureArg
             ended = Some("exited");
             break;
         }
-        if execs.as_mut().is_some_and(|w| w.drain().contains(&pid)) {
+        // A process that execs keeps its pid but is a new program: the probes, addresses and
+        // blocks traced are the old one's, so the trace ends there, as at an exit. The kernel
+        // side stopped counting at the exec itself; this only ends the wait.
+        if session.replaced() {
             ended = Some("replaced its program (execve)");
             break;
         }

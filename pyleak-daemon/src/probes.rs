@@ -18,12 +18,12 @@ use aya::{
     },
 };
 use pyleak_common::{
-    AllocInfo, AllocKey, Counter, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH, GLOBAL_SAMPLE_BYTES, Inflight,
-    MAP_COUNTERS, MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS, MAP_SAMPLE_TABLE, MAP_STACK_STATS,
-    MAP_STACKS, MAP_TARGETS, MAX_FRAMES, NewStack, PROG_ALIGNED_ALLOC_ENTER, PROG_ALLOC_EXIT,
-    PROG_CALLOC_ENTER, PROG_EMPTY_ENTER, PROG_EMPTY_EXIT, PROG_FINALIZE_ENTER, PROG_FREE_ENTER,
-    PROG_MALLOC_ENTER, PROG_POSIX_MEMALIGN_ENTER, PROG_REALLOC_ENTER, PyTarget, StackCounters, StackKey,
-    StackTrace,
+    AllocInfo, AllocKey, Counter, FROZEN_AT_EXEC, FROZEN_AT_FINALIZE, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH,
+    GLOBAL_SAMPLE_BYTES, Inflight, MAP_COUNTERS, MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS,
+    MAP_SAMPLE_TABLE, MAP_STACK_STATS, MAP_STACKS, MAP_TARGETS, MAX_FRAMES, NewStack,
+    PROG_ALIGNED_ALLOC_ENTER, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_EMPTY_ENTER, PROG_EMPTY_EXIT,
+    PROG_FINALIZE_ENTER, PROG_FREE_ENTER, PROG_MALLOC_ENTER, PROG_POSIX_MEMALIGN_ENTER, PROG_REALLOC_ENTER,
+    PyTarget, StackCounters, StackKey, StackTrace,
 };
 
 use crate::{btf, model::ProgramCost};
@@ -237,6 +237,9 @@ impl Probes {
                 .map_err(|e| permission_hint(anyhow!(e)))
                 .with_context(|| format!("the kernel rejected program {name}"))?;
         }
+        // Before any target is registered: an exec of the target after that stops its
+        // counting in the kernel at once (see `replaced`).
+        crate::exec_watch::attach_tracepoint(&mut ebpf)?;
         if opts.sample_bytes > 0 {
             let mut table: Array<_, u32> = Array::try_from(take(&mut ebpf, MAP_SAMPLE_TABLE)?)?;
             for (k, p) in crate::sampling::probability_table().into_iter().enumerate() {
@@ -279,7 +282,13 @@ impl Probes {
 
     /// Whether the kernel side saw `pid` reach its shutdown point.
     pub fn finalizing(&self, pid: u32) -> bool {
-        self.targets.get(&0, 0).is_ok_and(|t| t.tgid == pid && t.finalizing != 0)
+        self.targets.get(&0, 0).is_ok_and(|t| t.tgid == pid && t.finalizing == FROZEN_AT_FINALIZE)
+    }
+
+    /// Whether `pid` replaced its program (execve) since it was registered: the kernel side
+    /// stopped its counting at the exec.
+    pub fn replaced(&self, pid: u32) -> bool {
+        self.targets.get(&0, 0).is_ok_and(|t| t.tgid == pid && t.finalizing == FROZEN_AT_EXEC)
     }
 
     /// Registers the process with the kernel side (before attaching, so no call is missed).

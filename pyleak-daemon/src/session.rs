@@ -157,6 +157,14 @@ impl Reclaimer {
     }
 }
 
+/// Why the kernel side stopped counting a process (`PyTarget::finalizing`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frozen {
+    No,
+    AtFinalize,
+    AtExec,
+}
+
 impl Session {
     /// Attaches to a running process. Nothing in the target is stopped or modified.
     /// `hold_at_finalize` is for `run`'s ptraced child only (see `PyTarget::stop_at_finalize`);
@@ -289,6 +297,12 @@ impl Session {
         self.probes.finalizing(self.pid)
     }
 
+    /// Whether the process replaced its program (execve) since the attach: the kernel side
+    /// stopped counting at the exec, and what was traced is the old program's.
+    pub fn replaced(&self) -> bool {
+        self.probes.replaced(self.pid)
+    }
+
     /// Symbolizes every stack seen so far (call while the target's memory is readable).
     pub fn sync(&self) {
         let mut r = self.resolver.lock().expect("resolver poisoned");
@@ -300,14 +314,25 @@ impl Session {
     pub fn snapshot(&self, min_age: Option<Duration>) -> Report {
         let mut resolver = self.resolver.lock().expect("resolver poisoned");
         resolver.drain(true);
-        self.build_report(&resolver, min_age, self.probes.finalizing(self.pid))
+        self.build_report(&resolver, min_age, self.frozen())
+    }
+
+    /// Why the kernel side stopped counting, if it did.
+    fn frozen(&self) -> Frozen {
+        if self.probes.finalizing(self.pid) {
+            Frozen::AtFinalize
+        } else if self.probes.replaced(self.pid) {
+            Frozen::AtExec
+        } else {
+            Frozen::No
+        }
     }
 
     /// Detaches and returns the raw report (all stacks, unshaped). `min_age` keeps only
     /// blocks outstanding at least that long.
     pub fn finish(mut self, min_age: Option<Duration>) -> Report {
         // Read before detaching: detaching forgets the process's kernel-side state.
-        let finalizing = self.probes.finalizing(self.pid);
+        let frozen = self.frozen();
         self.probes.detach(self.pid);
         tracing::debug!(pid = self.pid, "detached");
         self.stop.store(true, Ordering::SeqCst);
@@ -316,20 +341,27 @@ impl Session {
         }
         self.delegates.lock().expect("delegates poisoned").clear();
         let mut resolver = self.resolver.lock().expect("resolver poisoned");
-        if discovery::process_exists(self.pid) {
+        // After an exec the memory is the new program's: its code objects are not the ones
+        // the stacks name (the fingerprints would refuse most of them anyway).
+        if frozen != Frozen::AtExec && discovery::process_exists(self.pid) {
             resolver.drain(true);
         }
         tracing::debug!(pid = self.pid, "symbolized");
-        self.build_report(&resolver, min_age, finalizing)
+        self.build_report(&resolver, min_age, frozen)
     }
 
-    fn build_report(&self, resolver: &Resolver, min_age: Option<Duration>, finalizing: bool) -> Report {
+    fn build_report(&self, resolver: &Resolver, min_age: Option<Duration>, frozen: Frozen) -> Report {
         let mut python = self.python.clone();
-        if finalizing {
-            python.notes.push(
+        match frozen {
+            Frozen::No => {}
+            Frozen::AtFinalize => python.notes.push(
                 "counting stopped when the interpreter began tearing itself down (Py_FinalizeEx, after joining threads and running atexit handlers): memory freed by the teardown is still shown as outstanding"
                     .to_string(),
-            );
+            ),
+            Frozen::AtExec => python.notes.push(
+                "counting stopped when the process replaced its program (execve): the report covers the program before; stacks not yet named then stay unnamed"
+                    .to_string(),
+            ),
         }
         let live = min_age.map(|age| {
             let cutoff = monotonic_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));

@@ -5,8 +5,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use pyleak_common::{
-    AllocInfo, AllocKey, CALL_MALLOC, CALL_POSIX_MEMALIGN, CALL_REALLOC, Counter, Inflight, NewStack,
-    StackKey, sampling,
+    AllocInfo, AllocKey, CALL_MALLOC, CALL_POSIX_MEMALIGN, CALL_REALLOC, Counter, FROZEN_AT_FINALIZE,
+    Inflight, NewStack, StackKey, sampling,
 };
 
 use crate::{
@@ -228,7 +228,12 @@ pub fn finalize() {
     if let Some(t) = TARGETS.get_ptr_mut(0).filter(|&t| unsafe { (*t).tgid } == tgid) {
         // SAFETY: plain loads and stores in this process's map value.
         unsafe {
-            (*t).finalizing = 1;
+            if (*t).finalizing != 0 {
+                // Already frozen: a second shutdown point, or the Py_FinalizeEx of a program
+                // exec'd over the traced one (whose counting stopped at the exec).
+                return;
+            }
+            (*t).finalizing = FROZEN_AT_FINALIZE;
             if (*t).stop_at_finalize != 0 {
                 // Only set for pyleak run's ptraced child: the stop is reported to pyleak,
                 // which symbolizes and resumes the child with the signal suppressed.

@@ -125,10 +125,11 @@ pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// `sched/sched_process_exec`: a process replaced its program (the daemon's new targets).
+/// `sched/sched_process_exec`: a process replaced its program (a traced one stops counting;
+/// the daemon's watcher announces it).
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    exec::announce();
+    exec::on_exec();
     0
 }
 

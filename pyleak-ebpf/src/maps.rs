@@ -137,6 +137,10 @@ pub static SAMPLE_BYTES: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 pub static MAX_DEPTH: Global<u32> = Global::new(DEFAULT_MAX_DEPTH);
 
+/// 1 in the exec watcher's object: its tracepoint announces every exec (see `exec::on_exec`).
+#[unsafe(no_mangle)]
+pub static ANNOUNCE_EXECS: Global<u32> = Global::new(0);
+
 /// Offset of `task_struct.thread.fsbase` in the running kernel (set by the loader from BTF;
 /// 0 means unknown, and then no thread-pointer-based read is attempted).
 #[unsafe(no_mangle)]

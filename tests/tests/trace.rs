@@ -295,6 +295,15 @@ fn trace_ends_when_the_target_execs() {
             .contains(&format!("pid {} replaced its program (execve) during the trace", target.pid())),
         "no word of the exec on stderr\n{report}"
     );
+    assert!(report.json.python.notes.iter().any(|n| n.contains("replaced its program")), "no note\n{report}");
+    // The old program only waited on stdin, then exec'd. The new one maps the same libpython,
+    // so the probes fire in its start-up (about 500 KB allocated, 4,300 blocks kept, charged
+    // to the old program, before the kernel side stopped counting at the exec).
+    let totals = &report.json.totals;
+    assert!(
+        totals.allocated_bytes < 64 * 1024 && totals.outstanding_allocations < 100,
+        "the new program's start-up is in the report: {totals:?}\n{report}"
+    );
     target.send("go");
     target.wait_for_line("ready again");
 }
