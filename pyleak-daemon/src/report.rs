@@ -339,7 +339,7 @@ pub fn shape(report: &Report, opts: &ReportOptions) -> Result<Report> {
     if filtered_stacks > 0 {
         python.notes.push(format!(
             "--include/--exclude left out {} {} outstanding (counted in the totals)",
-            counted(filtered_stacks as u64, "stack holding", "stacks holding"),
+            counted(filtered_stacks, "stack holding", "stacks holding"),
             human_bytes(filtered_bytes)
         ));
     }
