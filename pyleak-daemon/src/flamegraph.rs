@@ -120,7 +120,9 @@ fn folded_stacks(report: &Report) -> Vec<(String, u64)> {
     stacks
 }
 
-/// One frame as the flamegraphs draw it, its names already [`clean`].
+/// One frame as the flamegraphs draw it. Names are as the report has them: pprof keeps them
+/// so (its file names must match the files on disk); [`Drawn::label`] cleans them for the
+/// folded format and the SVG.
 #[derive(Debug)]
 struct Drawn {
     /// What the frame is called: the qualname (or bare name) of a Python frame, the symbol of
@@ -138,9 +140,9 @@ impl Drawn {
     fn python(frame: &Frame) -> Drawn {
         let name = [&frame.qualname, &frame.function].into_iter().find(|n| !n.is_empty());
         Drawn {
-            name: clean(name.map_or("<unknown>", |n| n)),
-            function: clean(&frame.function),
-            file: clean(&frame.file),
+            name: name.map_or("<unknown>", |n| n).to_string(),
+            function: frame.function.clone(),
+            file: frame.file.clone(),
             line: Some(frame.line),
         }
     }
@@ -148,9 +150,9 @@ impl Drawn {
     fn native(native: &NativeFrame) -> Drawn {
         // By function, not by call site: the offset would split one caller into many frames.
         Drawn {
-            name: clean(&native.function),
-            function: clean(&native.function),
-            file: clean(&native.library),
+            name: native.function.clone(),
+            function: native.function.clone(),
+            file: native.library.clone(),
             line: None,
         }
     }
@@ -165,12 +167,13 @@ impl Drawn {
     }
 
     /// How the folded format and the SVG show it: `qualname (file:line)`, `symbol (library)`
-    /// for the native caller, and the bare name for `[truncated]`.
+    /// for the native caller, and the bare name for `[truncated]`, each name [`clean`].
     fn label(&self) -> String {
-        match (&self.line, self.file.is_empty()) {
-            (_, true) => self.name.clone(),
-            (Some(line), false) => format!("{} ({}:{line})", self.name, self.file),
-            (None, false) => format!("{} ({})", self.name, self.file),
+        let (name, file) = (clean(&self.name), clean(&self.file));
+        match (&self.line, file.is_empty()) {
+            (_, true) => name,
+            (Some(line), false) => format!("{name} ({file}:{line})"),
+            (None, false) => format!("{name} ({file})"),
         }
     }
 }
@@ -371,7 +374,7 @@ fn profile(report: &Report, now: SystemTime) -> Vec<u8> {
     let mut mapping = Message::default();
     mapping
         .uint(field::MAPPING_ID, MAPPING_ID)
-        .int(field::MAPPING_FILENAME, strings.id(&clean(&report.python.executable)))
+        .int(field::MAPPING_FILENAME, strings.id(&report.python.executable))
         .uint(field::MAPPING_HAS_FUNCTIONS, 1)
         .uint(field::MAPPING_HAS_FILENAMES, 1)
         .uint(field::MAPPING_HAS_LINE_NUMBERS, 1);
@@ -640,6 +643,9 @@ mod tests {
         let text = folded(&r);
         assert_eq!(text.lines().count(), 1);
         assert_eq!(text.matches(';').count(), 0);
+        // pprof has no separators to protect: its names must match the files on disk.
+        let d = decode(&pprof(&r).unwrap());
+        assert_eq!(d.samples[0].0[0], f("a;b\nc  ", "f", "/x;y\r.py \t", 3));
     }
 
     #[test]
