@@ -452,18 +452,17 @@ fn render_table(report: &Report, group_by: GroupBy, out: &mut dyn Write) -> io::
             writeln!(out)?;
         }
         // One block has no average to show.
-        let (avg, blocks) = match stack.outstanding_allocations {
-            0 => (String::new(), "blocks"),
-            1 => (String::new(), "block"),
-            n => (format!(" (avg {})", human_bytes(stack.outstanding_bytes.div_ceil(n))), "blocks"),
+        let avg = match stack.outstanding_allocations {
+            0 | 1 => String::new(),
+            n => format!(" (avg {})", human_bytes(stack.outstanding_bytes.div_ceil(n))),
         };
         writeln!(
             out,
-            "#{}: {}: {} outstanding in {} {blocks}{avg}, {} allocated",
+            "#{}: {}: {} outstanding in {}{avg}, {} allocated",
             i + 1,
             location(stack.frames.first(), group_by),
             human_bytes(stack.outstanding_bytes),
-            stack.outstanding_allocations,
+            counted(stack.outstanding_allocations, "block", "blocks"),
             human_bytes(stack.allocated_bytes),
         )?;
         if group_by == GroupBy::Traceback {

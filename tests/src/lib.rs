@@ -627,8 +627,8 @@ pub fn probed_offsets(pid: u32, file: &str) -> BTreeSet<(String, String, String)
 /// The capacities (`max_entries`) of the outstanding-allocation maps process `pid` holds,
 /// read from the kernel (`/proc/PID/fdinfo`), not from pyleak's own account. `LIVE_ALLOCS`
 /// is pyleak's only plain hash map (`map_type` 1) with 16-byte keys and 32-byte values.
-/// The daemon's exec watcher loads the same object with its big maps
-/// shrunk to one entry: those copies are left out.
+/// The daemon's exec watcher loads the same object with its big maps shrunk to one entry:
+/// those copies are left out.
 pub fn live_allocs_capacities(pid: u32) -> Vec<u64> {
     fdinfos(pid)
         .filter(|text| {
