@@ -18,12 +18,12 @@ use aya::{
     },
 };
 use pyleak_common::{
-    AllocInfo, AllocKey, Counter, FROZEN_AT_EXEC, FROZEN_AT_FINALIZE, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH,
-    GLOBAL_SAMPLE_BYTES, Inflight, MAP_COUNTERS, MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS,
-    MAP_SAMPLE_TABLE, MAP_STACK_STATS, MAP_STACKS, MAP_TARGETS, MAX_FRAMES, NewStack,
-    PROG_ALIGNED_ALLOC_ENTER, PROG_ALLOC_EXIT, PROG_CALLOC_ENTER, PROG_EMPTY_ENTER, PROG_EMPTY_EXIT,
-    PROG_FINALIZE_ENTER, PROG_FREE_ENTER, PROG_MALLOC_ENTER, PROG_POSIX_MEMALIGN_ENTER, PROG_REALLOC_ENTER,
-    PyTarget, StackCounters, StackKey, StackTrace,
+    AllocInfo, AllocKey, Counter, GLOBAL_FSBASE_OFFSET, GLOBAL_MAX_DEPTH, GLOBAL_SAMPLE_BYTES, Inflight,
+    MAP_COUNTERS, MAP_INFLIGHT, MAP_LIVE_ALLOCS, MAP_NEW_STACKS, MAP_SAMPLE_TABLE, MAP_STACK_STATS,
+    MAP_STACKS, MAP_TARGETS, MAX_FRAMES, NewStack, PROG_ALIGNED_ALLOC_ENTER, PROG_ALLOC_EXIT,
+    PROG_CALLOC_ENTER, PROG_EMPTY_ENTER, PROG_EMPTY_EXIT, PROG_FINALIZE_ENTER, PROG_FREE_ENTER,
+    PROG_MALLOC_ENTER, PROG_POSIX_MEMALIGN_ENTER, PROG_REALLOC_ENTER, PyTarget, StackCounters, StackKey,
+    StackTrace,
 };
 
 use crate::{btf, model::ProgramCost};
@@ -280,15 +280,11 @@ impl Probes {
         ))
     }
 
-    /// Whether the kernel side saw `pid` reach its shutdown point.
-    pub fn finalizing(&self, pid: u32) -> bool {
-        self.targets.get(&0, 0).is_ok_and(|t| t.tgid == pid && t.finalizing == FROZEN_AT_FINALIZE)
-    }
-
-    /// Whether `pid` replaced its program (execve) since it was registered: the kernel side
-    /// stopped its counting at the exec.
-    pub fn replaced(&self, pid: u32) -> bool {
-        self.targets.get(&0, 0).is_ok_and(|t| t.tgid == pid && t.finalizing == FROZEN_AT_EXEC)
+    /// Why the kernel side stopped counting `pid`, if it did: `PyTarget::finalizing`
+    /// (`FROZEN_AT_FINALIZE`, `FROZEN_AT_EXEC`), 0 while it counts or when `pid` is not this
+    /// object's target.
+    pub fn frozen(&self, pid: u32) -> u32 {
+        self.targets.get(&0, 0).ok().filter(|t| t.tgid == pid).map_or(0, |t| t.finalizing)
     }
 
     /// Registers the process with the kernel side (before attaching, so no call is missed).

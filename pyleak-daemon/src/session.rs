@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use pyleak_common::StackCounters;
+use pyleak_common::{FROZEN_AT_EXEC, FROZEN_AT_FINALIZE, StackCounters};
 
 use crate::{
     aggregate::{self, ResolvedStack},
@@ -294,13 +294,13 @@ impl Session {
     /// Whether the kernel side saw the interpreter reach its shutdown point
     /// (`sites::finalize_point`).
     pub fn finalizing(&self) -> bool {
-        self.probes.finalizing(self.pid)
+        self.frozen() == Frozen::AtFinalize
     }
 
     /// Whether the process replaced its program (execve) since the attach: the kernel side
     /// stopped counting at the exec, and what was traced is the old program's.
     pub fn replaced(&self) -> bool {
-        self.probes.replaced(self.pid)
+        self.frozen() == Frozen::AtExec
     }
 
     /// Symbolizes every stack seen so far (call while the target's memory is readable).
@@ -317,14 +317,12 @@ impl Session {
         self.build_report(&resolver, min_age, self.frozen())
     }
 
-    /// Why the kernel side stopped counting, if it did.
+    /// Why the kernel side stopped counting, if it did (one read of the target slot).
     fn frozen(&self) -> Frozen {
-        if self.probes.finalizing(self.pid) {
-            Frozen::AtFinalize
-        } else if self.probes.replaced(self.pid) {
-            Frozen::AtExec
-        } else {
-            Frozen::No
+        match self.probes.frozen(self.pid) {
+            FROZEN_AT_FINALIZE => Frozen::AtFinalize,
+            FROZEN_AT_EXEC => Frozen::AtExec,
+            _ => Frozen::No,
         }
     }
 
